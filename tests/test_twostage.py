@@ -42,3 +42,23 @@ def test_checkpoint_with_head(tmp_path):
     plain = cxr_learner(dls, 'test_resnet', metrics=[]).model
     fct.test_eq(set(learn2.model.state_dict()), set(plain.state_dict()))
     assert not any(k.startswith(HEAD_KEY) for k in plain.state_dict())
+
+
+def test_resume_after_load(tmp_path):
+    "After learn.load (optimiser state restored as a plain dict) both stages can still be added and run."
+    torch.set_num_threads(1)
+    frame, images = toy_cxr(n=96, size=16, classes=CLASSES, seed=2)
+    dls = cxr_dls(frame, CLASSES, images=images, bs=16, seed=0, aug=False)
+    torch.manual_seed(0)
+    learn = cxr_learner(dls, 'test_resnet', metrics=[], path=tmp_path)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    learn.save('bce')                                   # model + optimiser state
+    learn2 = cxr_learner(dls, 'test_resnet', metrics=[], path=tmp_path)
+    learn2.load('bce')
+    assert learn2.opt is not None
+    with learn2.no_bar(), learn2.no_logging():
+        learn2.fit_one_cycle(1, 1e-2, cbs=MetricLearningCallback('triplet', mining='semihard'))
+        head = learn2.model._modules[HEAD_KEY]
+        assert all(id(p) in {id(q) for pg in learn2.opt.param_lists for q in pg} for p in head.parameters())
+        learn2.fit_one_cycle(1, 1e-2, cbs=RebalanceStage('rarest', reweight=True, seed=0))
+    assert all(torch.isfinite(p).all() for p in learn2.model.parameters())

@@ -55,7 +55,8 @@ def main():
     from cxr_noisy_lt.labels import NIH14
     frame, images = toy_cxr(n=4 * args.bs, size=args.size, classes=NIH14[:args.classes], prevalence=0.1, seed=0,
                             splits=(0.7, 0.1, 0.2))
-    frame['split'] = 'train'; frame.loc[frame.index[:args.bs], 'split'] = 'valid'   # 3 training batches, cycled
+    frame['patient'] = [f'P{i}' for i in range(len(frame))]
+    frame['split'] = 'train'; frame.loc[frame.index[:args.bs], 'split'] = 'valid'   # 3 training batches per epoch
     dls = cxr_dls(frame, NIH14[:args.classes], images=images, bs=args.bs, seed=0, aug=False)
     settings = {
         'BCE': lambda: [],
