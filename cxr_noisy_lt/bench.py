@@ -101,7 +101,7 @@ def evaluate(probs:np.ndarray, test_frame:pd.DataFrame, classes, groups:pd.Serie
     return pd.DataFrame(rows)
 
 # %% ../nbs/30_bench.ipynb #160165b9
-QUICK = dict(n=4000, size=64, epochs=4, seeds=(0,), noise=('none', 'symmetric:0.2', 'nih-like:0.4'), methods=('bce',), bs=64)
+QUICK = dict(n=5000, size=64, epochs=6, seeds=(0,), noise=('none', 'symmetric:0.2', 'nih-like:0.4'), methods=('bce',), bs=64)
 FULL = dict(n=11500, size=64, epochs=12, seeds=(0, 1, 2), noise=('none', 'symmetric:0.2', 'nih-like:0.4'), methods=None, bs=64)
 
 def run_one(method:Method, frame:pd.DataFrame, images, classes, epochs=4, lr=2e-3, bs=64, arch='resnet18', seed=0, verbose=False,
@@ -131,14 +131,15 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
     noises = [(s, *parse_noise(s)) for s in noise]
     ph = make_phantom(n=n, size=size, seed=phantom_seed, cache_dir=cache_dir)
     classes = ph.classes
+    # groups by the true training frequency of each class, the same for every noise setting
+    groups = frame_groups(ph.frame, classes, head=head, tail=tail)
+    n_pos = label_stats(ph.frame, classes)['positives']
     grid = [(s, nz, m) for s in seeds for nz in noises for m in ms]
     results, times = [], {}
     pb = progress_bar(grid, leave=True)
     for seed, (spec, model, rate), m in pb:
         pb.comment = f"{m.name} | {spec} | seed {seed}"
         frame = ph.frame if model is None else add_noise(ph.frame, classes, model=model, rate=rate, seed=seed)
-        groups = frame_groups(frame, classes, head=head, tail=tail)
-        n_pos = label_stats(frame, classes)['positives']
         t0 = time.time()
         probs = run_one(m, frame, ph.images, classes, epochs=epochs, lr=lr, bs=bs, arch=arch, seed=seed, verbose=verbose,
                         phantom=ph)
