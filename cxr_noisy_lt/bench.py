@@ -139,7 +139,7 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
     pb = progress_bar(grid, leave=True)
     for seed, (spec, model, rate), m in pb:
         pb.comment = f"{m.name} | {spec} | seed {seed}"
-        frame = ph.frame if model is None else add_noise(ph.frame, classes, model=model, rate=rate, seed=seed)
+        frame = ph.frame if model is None else add_noise(ph.frame, classes, model=model, rate=rate, seed=seed, splits=None)
         t0 = time.time()
         probs = run_one(m, frame, ph.images, classes, epochs=epochs, lr=lr, bs=bs, arch=arch, seed=seed, verbose=verbose,
                         phantom=ph)
