@@ -11,7 +11,7 @@ alternately for `--rounds` rounds; the best median of each is kept, which damps 
 import argparse, time
 import numpy as np
 import torch
-from fastai.callback.core import Callback, CancelFitException
+
 from fastai.torch_core import set_seed
 import fastai.callback.progress  # noqa: F401  (no_bar)
 
@@ -19,19 +19,8 @@ from cxr_noisy_lt.data import toy_cxr, cxr_dls
 from cxr_noisy_lt.learner import cxr_learner, cxr_model, MaskedBCEWithLogits
 from cxr_noisy_lt.labels import NIH14
 from cxr_noisy_lt.mixup import AttentionMixupCallback, ContrastiveCallback, GroupAttention, classifier_of, group_index, mix_groups
+from _timing import StepTimer  # noqa: E402  (this folder is on sys.path when the script runs)
 
-
-class StepTimer(Callback):
-    "median wall time from before_batch to after_batch over training steps after `warmup`"
-    order = -100
-    def __init__(self, steps, warmup): self.steps, self.warmup = steps, warmup
-    def before_fit(self): self.times = []
-    def before_batch(self):
-        if self.training: self.t = time.perf_counter()
-    def after_batch(self):
-        if not self.training: return
-        self.times.append(time.perf_counter() - self.t)
-        if len(self.times) >= self.steps + self.warmup: raise CancelFitException
 
 
 def run(args, dls, method):

@@ -11,12 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import timm
-from fastai.callback.core import Callback, CancelTrainException
+from fastai.callback.core import CancelTrainException
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 import fastai.callback.progress  # noqa: F401  (no_bar)
 
 from cxr_noisy_lt.nvum import NVUMCallback, NVUMMemory, masked_mean, nvum_regularizer, nvum_state
+from _timing import StepTimer  # noqa: E402  (this folder is on sys.path when the script runs)
 
 
 class FixedImages(torch.utils.data.Dataset):
@@ -29,18 +30,6 @@ class FixedImages(torch.utils.data.Dataset):
     def labels(self): return self.y[torch.arange(self.n) % len(self.y)]
 
 
-class StepTimer(Callback):
-    "median wall time from before_batch to after_batch over training steps after `warmup`"
-    order = -100
-    def __init__(self, steps, warmup): self.steps, self.warmup = steps, warmup
-    def before_fit(self): self.times = []
-    def before_batch(self):
-        if self.training: self.t = time.perf_counter()
-    def after_batch(self):
-        if not self.training: return
-        self.times.append(time.perf_counter() - self.t)
-        if len(self.times) >= self.steps + self.warmup: raise CancelTrainException
-
 
 def masked_bce(z, y, *extra):
     return masked_mean(F.binary_cross_entropy_with_logits(z, y.nan_to_num(0.), reduction='none'), y)
@@ -51,7 +40,7 @@ def run(args, x, y, nvum):
     ds = FixedImages(args.n_items, x, y)
     dls = DataLoaders.from_dsets(ds, FixedImages(args.bs, x, y), bs=args.bs, device='cpu', num_workers=0)
     model = timm.create_model(args.arch, pretrained=False, in_chans=1, num_classes=y.shape[1])
-    timer = StepTimer(args.steps, args.warmup)
+    timer = StepTimer(args.steps, args.warmup, stop=CancelTrainException)
     cbs = [timer] + ([NVUMCallback()] if nvum else [])
     learn = Learner(dls, model, loss_func=masked_bce, cbs=cbs, lr=1e-3)
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
