@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import fastcore.test as fct
-from cxr_noisy_lt.phantom import make_phantom, check_cache, PhantomCacheError, PHANTOM_VERSION, default_cache_dir
+from cxr_noisy_lt.phantom import (make_phantom, check_cache, code_fingerprint, PhantomCacheError, PHANTOM_VERSION,
+                                  default_cache_dir)
 
 KW = dict(n=60, size=64, seed=5, gaze_frac=0.2, progress=False)
 
@@ -89,6 +90,14 @@ def test_stale_version(tmp_path, ref):
     assert h.name in str(e.value)
     _same(_rebuilds(tmp_path, h.name, 'stale'), ref)
     fct.test_eq(json.loads(h.read_text())['version'], PHANTOM_VERSION)
+
+def test_other_drawing_code_is_stale(tmp_path, ref):
+    h = _files(make_phantom(cache_dir=tmp_path, **KW))['.json']
+    d = json.loads(h.read_text()); fct.test_eq(d['code'], code_fingerprint()); fct.test_ne(d['code'], 'unknown')
+    d['code'] = '00000000'; h.write_text(json.dumps(d))
+    with pytest.raises(PhantomCacheError, match='other code'):
+        make_phantom(cache_dir=tmp_path, on_bad_cache='raise', **KW)
+    _same(_rebuilds(tmp_path, h.name, 'stale'), ref)
 
 def test_header_with_other_parameters(tmp_path):
     h = _files(make_phantom(cache_dir=tmp_path, **KW))['.json']
