@@ -122,39 +122,99 @@ def run_one(method:Method, frame:pd.DataFrame, images, classes, epochs=4, lr=2e-
     probs, _, _ = predict_split(learn, frame, split='test', model=model)
     return probs
 
-def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, epochs=4, bs=64, lr=2e-3, arch='resnet18',
-              phantom_seed=0, out=None, head=0.05, tail=0.02, verbose=False, cache_dir=None) -> pd.DataFrame:
-    "Run the grid methods × noise × seeds on the phantom; write a report to `out` if given; return tidy results."
-    from cxr_noisy_lt.phantom import make_phantom
+def _task_name(method:str, spec:str, seed:int) -> str: return f"{method}__{spec.replace(':', '-')}__seed{seed}"
+
+_RUN_KEYS = ('n', 'size', 'epochs', 'bs', 'lr', 'arch', 'phantom_seed', 'head', 'tail')
+
+def _run_task(ph, name, spec, seed, groups, n_pos, run_kw) -> tuple:
+    "One cell of the grid: noise the labels, train, score on the test split; returns (results, seconds)."
     from cxr_noisy_lt.noise import add_noise
-    ms = [get_method(m) for m in methods]            # fail early on a bad name
-    noises = [(s, *parse_noise(s)) for s in noise]
-    ph = make_phantom(n=n, size=size, seed=phantom_seed, cache_dir=cache_dir)
-    classes = ph.classes
+    model, rate = parse_noise(spec)
+    frame = ph.frame if model is None else add_noise(ph.frame, ph.classes, model=model, rate=rate, seed=seed, splits=None)
+    t0 = time.time()
+    probs = run_one(get_method(name), frame, ph.images, ph.classes, seed=seed, phantom=ph, **run_kw)
+    secs = time.time() - t0
+    return evaluate(probs, frame[frame['split'] == 'test'], ph.classes, groups, n_pos, method=name, noise=spec, seed=seed), secs
+
+_WORKER = {}
+def _worker_init(threads, phantom_kw, groups, n_pos, run_kw):
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    torch.set_num_threads(threads)
+    from cxr_noisy_lt.phantom import make_phantom
+    _WORKER.update(ph=make_phantom(**phantom_kw, progress=False), groups=groups, n_pos=n_pos, run_kw=run_kw)
+
+def _worker_task(task):
+    w = _WORKER
+    return task, *_run_task(w['ph'], *task, w['groups'], w['n_pos'], w['run_kw'])
+
+def _check_resume(runs:Path, cfg:dict, resume:bool):
+    "Keep per-run files only for an identical configuration: resuming under another one would mix grids."
+    fn = runs / 'config.json'
+    if resume and fn.exists():
+        old = json.loads(fn.read_text())
+        diff = {k: (old.get(k), cfg[k]) for k in cfg if old.get(k) != cfg[k]}
+        if diff: raise ValueError(f"cannot resume in {runs.parent}: its runs used another configuration "
+                                  + ', '.join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+    runs.mkdir(parents=True, exist_ok=True)
+    fn.write_text(json.dumps(cfg, indent=1))
+
+def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, epochs=4, bs=64, lr=2e-3, arch='resnet18',
+              phantom_seed=0, out=None, head=0.05, tail=0.02, verbose=False, cache_dir=None, workers=1, threads=None,
+              resume=False) -> pd.DataFrame:
+    """Run the grid methods × noise × seeds on the phantom; write a report to `out` if given; return tidy results.
+    `workers` > 1 runs grid cells in that many processes (`threads` torch threads each); with `out`, each finished
+    cell is saved under `out/runs/` at once, and `resume=True` reuses the cells already there."""
+    from cxr_noisy_lt.phantom import make_phantom
+    for m in methods: get_method(m)                   # fail early on a bad name
+    for s in noise: parse_noise(s)
+    if workers < 1: raise ValueError(f"workers={workers!r}: expected at least 1")
+    phantom_kw = dict(n=n, size=size, seed=phantom_seed, cache_dir=cache_dir)
+    ph = make_phantom(**phantom_kw)
     # groups by the true training frequency of each class, the same for every noise setting
-    groups = frame_groups(ph.frame, classes, head=head, tail=tail)
-    n_pos = label_stats(ph.frame, classes)['positives']
-    grid = [(s, nz, m) for s in seeds for nz in noises for m in ms]
-    results, times = [], {}
-    pb = progress_bar(grid, leave=True)
-    for seed, (spec, model, rate), m in pb:
-        pb.comment = f"{m.name} | {spec} | seed {seed}"
-        frame = ph.frame if model is None else add_noise(ph.frame, classes, model=model, rate=rate, seed=seed, splits=None)
-        t0 = time.time()
-        probs = run_one(m, frame, ph.images, classes, epochs=epochs, lr=lr, bs=bs, arch=arch, seed=seed, verbose=verbose,
-                        phantom=ph)
-        times[(m.name, spec, seed)] = time.time() - t0
-        results.append(evaluate(probs, frame[frame['split'] == 'test'], classes, groups, n_pos, method=m.name, noise=spec, seed=seed))
-    res = pd.concat(results, ignore_index=True)
-    res.attrs['seconds'] = {f"{k[0]}|{k[1]}|{k[2]}": round(v, 1) for k, v in times.items()}
+    groups = frame_groups(ph.frame, ph.classes, head=head, tail=tail)
+    n_pos = label_stats(ph.frame, ph.classes)['positives']
+    run_kw = dict(epochs=epochs, lr=lr, bs=bs, arch=arch, verbose=verbose)
+    cfg = dict(n=n, size=size, epochs=epochs, bs=bs, lr=lr, arch=arch, phantom_seed=phantom_seed, head=head, tail=tail)
+    grid = [(m, s, seed) for seed in seeds for s in noise for m in methods]
+    done, times = {}, {}
+    runs = None if out is None else Path(out) / 'runs'
+    if runs is not None:
+        _check_resume(runs, cfg, resume)
+        secs = json.loads((runs / 'seconds.json').read_text()) if (runs / 'seconds.json').exists() else {}
+        for t in grid:
+            fn = runs / f"{_task_name(*t)}.csv"
+            if resume and fn.exists(): done[t], times[t] = pd.read_csv(fn), secs.get(_task_name(*t))
+    todo = [t for t in grid if t not in done]
+    def _finish(t, r, secs):
+        done[t], times[t] = r, secs
+        if runs is not None:
+            r.to_csv(runs / f"{_task_name(*t)}.csv", index=False)
+            sf = runs / 'seconds.json'
+            old = json.loads(sf.read_text()) if sf.exists() else {}
+            sf.write_text(json.dumps({**old, _task_name(*t): round(secs, 1)}, indent=1))
+    if workers == 1 or len(todo) <= 1:
+        if threads: torch.set_num_threads(threads)
+        pb = progress_bar(todo, leave=True)
+        for t in pb:
+            pb.comment = ' | '.join(map(str, t))
+            _finish(t, *_run_task(ph, *t, groups, n_pos, run_kw))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        nthreads = threads or max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=_worker_init,
+                                 initargs=(nthreads, phantom_kw, groups, n_pos, run_kw)) as ex:
+            futs = [ex.submit(_worker_task, t) for t in todo]
+            for f in progress_bar(as_completed(futs), total=len(futs), leave=True): _finish(*f.result())
+    res = pd.concat([done[t] for t in grid], ignore_index=True)
+    res.attrs['seconds'] = {'|'.join(map(str, k)): (None if v is None else round(v, 1)) for k, v in times.items()}
     if out is not None:
-        cfg = dict(n=n, size=size, epochs=epochs, bs=bs, lr=lr, arch=arch, phantom_seed=phantom_seed, seeds=list(seeds))
-        write_report(res, out, config=cfg, groups=groups)
-        (Path(out) / 'run.json').write_text(json.dumps(dict(config=cfg, methods=list(methods), noise=list(noise),
-                                                           seconds=res.attrs['seconds']), indent=1))
+        write_report(res, out, config={**cfg, 'seeds': list(seeds)}, groups=groups)
+        (Path(out) / 'run.json').write_text(json.dumps(dict(config={**cfg, 'seeds': list(seeds)}, methods=list(methods),
+                                                            noise=list(noise), workers=workers, seconds=res.attrs['seconds']), indent=1))
     return res
 
-# %% ../nbs/30_bench.ipynb #5677fd08
+# %% ../nbs/30_bench.ipynb #237eba94
 def _csv(s, typ=str): return tuple(typ(x) for x in str(s).split(',') if x.strip() != '')
 
 @call_parse
@@ -169,7 +229,9 @@ def main(quick:store_true=False,        # small grid: finishes in minutes on 2 C
          lr:float=2e-3,                 # peak learning rate (one-cycle)
          arch:str='resnet18',           # timm architecture
          out:str='cxr_bench_results',   # results folder
-         threads:int=None,              # torch threads (default: all cores)
+         threads:int=None,              # torch threads per process (default: cores / workers)
+         workers:int=1,                 # processes running grid cells side by side
+         resume:store_true=False,       # reuse the finished runs saved in --out (same configuration only)
          list_methods:store_true=False, # list the available methods and exit
          verbose:store_true=False):     # show fastai's per-epoch tables
     "Compare methods on the phantom CXR benchmark and write a report."
@@ -183,10 +245,9 @@ def main(quick:store_true=False,        # small grid: finishes in minutes on 2 C
     if seeds: cfg['seeds'] = _csv(seeds, int)
     for k, v in dict(n=n, size=size, epochs=epochs, bs=bs).items():
         if v is not None: cfg[k] = v
-    if threads: torch.set_num_threads(threads)
     t0 = time.time()
     try: res = run_bench(cfg['methods'], cfg['noise'], cfg['seeds'], n=cfg['n'], size=cfg['size'], epochs=cfg['epochs'],
-                         bs=cfg['bs'], lr=lr, arch=arch, out=out, verbose=verbose)
+                         bs=cfg['bs'], lr=lr, arch=arch, out=out, verbose=verbose, workers=workers, threads=threads, resume=resume)
     except (KeyError, ValueError, FileNotFoundError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     print(markdown_table(summary_table(res, 'clean')))
     print(f"\nwall time {time.time() - t0:.0f} s; report: {Path(out) / 'summary.md'}")

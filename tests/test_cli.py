@@ -36,3 +36,15 @@ def test_bad_arguments_name_the_culprit(tmp_path, args, msg):
     r = run([*args, '--n', '50', '--epochs', '1', '--out', str(tmp_path / 'x')], tmp_path)
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / 'x' / 'results.csv').exists()
+
+def test_workers_match_one_process(tmp_path):
+    "Two worker processes give the same numbers as one process: each run is seeded on its own."
+    common = ['--methods', 'bce', '--noise', 'none,symmetric:0.3', '--seeds', '0', '--n', '300', '--size', '32',
+              '--epochs', '1', '--bs', '32', '--threads', '1']
+    r1 = run([*common, '--out', str(tmp_path / 'one')], tmp_path)
+    r2 = run([*common, '--out', str(tmp_path / 'two'), '--workers', '2'], tmp_path)
+    assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr + r2.stderr)[-3000:]
+    a, b = (pd.read_csv(tmp_path / d / 'results.csv') for d in ('one', 'two'))
+    pd.testing.assert_frame_equal(a, b, atol=1e-6)
+    assert len(list((tmp_path / 'two' / 'runs').glob('*.csv'))) == 2
+    assert json.loads((tmp_path / 'two' / 'run.json').read_text())['workers'] == 2
