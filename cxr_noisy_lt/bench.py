@@ -17,7 +17,7 @@ from fastcore.script import call_parse, Param, store_true
 from fastprogress.fastprogress import progress_bar
 from .labels import label_space, clean_col, frame_groups, label_stats
 from .metrics import per_class_auc, per_class_ap
-from .report import write_report, summary_table, markdown_table
+from .report import write_report, summary_table, markdown_table, delta_table
 
 # %% auto #0
 __all__ = ['METHODS', 'NOISE_MODELS', 'QUICK', 'FULL', 'Method', 'bce_method', 'get_method', 'available_methods', 'parse_noise',
@@ -250,4 +250,6 @@ def main(quick:store_true=False,        # small grid: finishes in minutes on 2 C
                          bs=cfg['bs'], lr=lr, arch=arch, out=out, verbose=verbose, workers=workers, threads=threads, resume=resume)
     except (KeyError, ValueError, FileNotFoundError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     print(markdown_table(summary_table(res, 'clean')))
+    if 'bce' in cfg['methods'] and len(cfg['methods']) > 1:
+        print("\nDifference from bce, paired by seed:\n" + markdown_table(delta_table(res, 'bce', 'clean')))
     print(f"\nwall time {time.time() - t0:.0f} s; report: {Path(out) / 'summary.md'}")

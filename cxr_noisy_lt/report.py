@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['RESULT_COLS', 'GROUP_COLORS', 'check_results', 'run_means', 'summarize', 'fmt_pm', 'markdown_table', 'summary_table',
-           'plot_per_class', 'noise_rate', 'plot_noise_curve', 'write_report']
+           'paired_deltas', 'delta_table', 'plot_per_class', 'noise_rate', 'plot_noise_curve', 'plot_deltas',
+           'write_report']
 
 # %% ../nbs/21_report.ipynb #8420710c
 RESULT_COLS = ['method', 'noise', 'seed', 'labels', 'class', 'group', 'n_train_pos', 'n_test_pos', 'auc', 'ap']
@@ -67,6 +68,36 @@ def summary_table(results:pd.DataFrame, labels='clean', figures=('mAUC', 'mAP', 
     for f in figures: out[f] = [fmt_pm(m, s) for m, s in zip(sm[f], sm[f + '_std'])]
     return out
 
+# %% ../nbs/21_report.ipynb #13f84586
+def paired_deltas(results:pd.DataFrame, baseline='bce', labels='clean', figures=('mAUC', 'mAP', 'tail_AUC', 'tail_AP')) -> pd.DataFrame:
+    "Per (method, noise): mean and std over seeds of method - `baseline` for each figure, paired by seed, and the seeds won."
+    rm = run_means(results)
+    rm = rm[rm['labels'] == labels] if labels in set(rm['labels']) else rm
+    if baseline not in set(rm['method']):
+        raise KeyError(f"paired_deltas: baseline {baseline!r} is not among the methods {sorted(set(rm['method']))}")
+    base = rm[rm['method'] == baseline].set_index(['noise', 'seed'])
+    rows = []
+    for (m, nz), d in rm[rm['method'] != baseline].groupby(['method', 'noise'], sort=False):
+        d = d.set_index(['noise', 'seed'])
+        common = d.index.intersection(base.index)
+        if len(common) == 0: continue
+        row = dict(method=m, noise=nz, seeds=len(common))
+        for f in figures:
+            diff = (d.loc[common, f] - base.loc[common, f]).to_numpy(dtype=float)
+            row[f'd_{f}'], row[f'd_{f}_std'] = diff.mean(), (diff.std(ddof=1) if len(diff) > 1 else 0.)
+            row[f'{f}_wins'] = int((diff > 0).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('mAUC', 'mAP', 'tail_AUC', 'tail_AP')) -> pd.DataFrame:
+    "`paired_deltas` as printable '+mean ± std (wins/seeds)' strings."
+    d = paired_deltas(results, baseline, labels, figures)
+    out = d[['method', 'noise', 'seeds']].copy()
+    for f in figures:
+        out[f'Δ{f}'] = ['–' if not np.isfinite(m) else f"{m:+.3f} ± {s:.3f} ({w}/{n})"
+                       for m, s, w, n in zip(d[f'd_{f}'], d[f'd_{f}_std'], d[f'{f}_wins'], d['seeds'])]
+    return out
+
 # %% ../nbs/21_report.ipynb #f6c0cf53
 def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc', ax=None):
     "Per-class `metric` (mean over seeds) for each method at one noise setting, bars coloured by group."
@@ -114,6 +145,21 @@ def plot_noise_curve(results:pd.DataFrame, labels='clean', figure='mAUC', ax=Non
     ax.set_xlabel('noise rate'); ax.set_ylabel(f"{figure} ({labels} test)"); ax.legend(fontsize=7); ax.grid(alpha=.3)
     return ax
 
+def plot_deltas(results:pd.DataFrame, baseline='bce', labels='clean', figure='mAUC', ax=None):
+    "Paired difference from `baseline` of `figure` (mean ± std over seeds), bars grouped by noise setting."
+    d = paired_deltas(results, baseline, labels, (figure,))
+    noises, methods = list(dict.fromkeys(d['noise'])), list(dict.fromkeys(d['method']))
+    if ax is None: _, ax = plt.subplots(figsize=(max(5, 1.6 * len(noises) * max(1, len(methods) ** .5)), 3.2))
+    w = .8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        dm = d[d['method'] == m].set_index('noise').reindex(noises)
+        ax.bar(np.arange(len(noises)) + (j - (len(methods) - 1) / 2) * w, dm[f'd_{figure}'], w, yerr=dm[f'd_{figure}_std'],
+               capsize=2, label=m, color=plt.cm.tab10(j % 10))
+    ax.axhline(0, color='black', linewidth=.8)
+    ax.set_xticks(range(len(noises)), noises); ax.set_ylabel(f"Δ{figure} vs {baseline} ({labels} test)")
+    ax.legend(fontsize=7, ncol=2); ax.grid(axis='y', alpha=.3)
+    return ax
+
 # %% ../nbs/21_report.ipynb #2181b538
 def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', config:dict=None, groups:pd.Series=None) -> Path:
     "Write results.csv, summary.md and the plots to folder `out`; returns the path of summary.md."
@@ -125,6 +171,10 @@ def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', conf
     for lab in labels:
         if lab not in set(results['labels']): continue
         lines += [f"## Test labels: {lab}", "", markdown_table(summary_table(results, lab)), ""]
+    if 'bce' in set(results['method']) and results['method'].nunique() > 1:
+        lab = labels[0]
+        lines += [f"## Difference from bce, paired by seed (test labels: {lab})", "",
+                  markdown_table(delta_table(results, 'bce', lab)), ""]
     if groups is not None:
         lines += ["## Class groups (by training positives)", ""]
         lines += [f"- **{g}**: {', '.join(groups.index[groups == g])}" for g in ['head', 'medium', 'tail']] + [""]
@@ -132,6 +182,9 @@ def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', conf
     for noise in results['noise'].unique():
         ax = plot_per_class(results, noise=noise); fn = f"per_class_auc_{str(noise).replace(':', '_')}.png"
         ax.figure.tight_layout(); ax.figure.savefig(out / fn, dpi=110); plt.close(ax.figure); plots.append(fn)
+    if 'bce' in set(results['method']) and results['method'].nunique() > 1:
+        ax = plot_deltas(results); ax.figure.tight_layout(); ax.figure.savefig(out / 'delta_mauc.png', dpi=110)
+        plt.close(ax.figure); plots.append('delta_mauc.png')
     if results['noise'].nunique() > 1:
         ax = plot_noise_curve(results); ax.figure.tight_layout(); ax.figure.savefig(out / 'mauc_vs_noise.png', dpi=110)
         plt.close(ax.figure); plots.append('mauc_vs_noise.png')
