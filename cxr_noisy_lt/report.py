@@ -104,6 +104,7 @@ def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc
     check_results(results)
     r = results[results['labels'] == labels] if labels in set(results['labels']) else results
     noise = r['noise'].iloc[0] if noise is None else noise
+    if noise not in set(r['noise']): raise ValueError(f"plot_per_class: no results for noise {noise!r}; there are {list(r['noise'].unique())}")
     r = r[r['noise'] == noise]
     per = r.groupby(['class', 'method'], sort=False)[metric].mean().unstack('method')
     info = r.drop_duplicates('class').set_index('class')[['group', 'n_train_pos']]
