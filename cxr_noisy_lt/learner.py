@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 from fastcore.basics import ifnone
+from fastcore.foundation import L
+from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.metrics import Metric
@@ -20,7 +22,9 @@ import fastai.callback.schedule  # fit_one_cycle, lr_find
 from .data import cxr_dls, test_dl, CXRDataLoader
 
 # %% auto #0
-__all__ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'predict_split']
+__all__ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'predict_split', 'param_device',
+           'add_to_opt', 'remove_from_opt', 'ModelStateCallback', 'train_only_keys', 'classifier_of', 'feature_size',
+           'HeadInput']
 
 # %% ../nbs/05_learner.ipynb #71739362
 def label_mask(target:torch.Tensor):
@@ -132,3 +136,107 @@ def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, 
                 targs[idx.cpu().numpy()] = y.cpu().numpy()
     finally: model.train(was_training)
     return probs, targs, dl.dataset.frame
+
+# %% ../nbs/05_learner.ipynb #a82007ad
+def param_device(model:nn.Module) -> torch.device:
+    "The device of `model`'s first parameter (the CPU for a model without parameters)."
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device('cpu')
+
+def add_to_opt(learn:Learner, module:nn.Module):
+    "Add the parameters of `module` missing from `learn.opt` (if it exists) to its last group, with empty state."
+    opt = getattr(learn, 'opt', None)
+    if opt is None: return
+    have = {id(p) for pg in opt.param_lists for p in pg}
+    new = [p for p in module.parameters() if id(p) not in have]
+    if not new: return
+    opt.param_lists[-1] = L(list(opt.param_lists[-1]) + new)
+    for p in new: opt.state[p] = {}
+
+def remove_from_opt(learn:Learner, module:nn.Module):
+    "Remove the parameters of `module` from `learn.opt`, if it exists and holds any."
+    opt = getattr(learn, 'opt', None)
+    if opt is None: return
+    ids = {id(p) for p in module.parameters()}
+    if any(id(p) in ids for pg in opt.param_lists for p in pg):
+        opt.param_lists = L(L(p for p in pg if id(p) not in ids) for pg in opt.param_lists)
+
+class ModelStateCallback(Callback):
+    "Base of callbacks that keep training-only modules on `learn.model`: `attach()` runs as soon as the callback joins a `Learner`."
+    model_key:str = None     # name of the child of the model that holds the callback's modules
+    needs_dls:bool = False   # attach only once the learner has `dls` too
+
+    @property
+    def learn(self): return self.__dict__.get('_learn')
+    @learn.setter
+    def learn(self, learner):
+        self.__dict__['_learn'] = learner
+        if learner is None or getattr(learner, 'model', None) is None: return
+        if self.needs_dls and getattr(learner, 'dls', None) is None: return
+        self.attach()
+
+    def attach(self):
+        "Attach this callback's modules to `learn.model` (or check the ones there)."
+        raise NotImplementedError(f"{type(self).__name__} must define attach()")
+
+    def attach_module(self, name:str, make, check=None, parent:nn.Module=None) -> nn.Module:
+        "Child `name` of `parent` (default `learn.model`): the one there, after `check(module)`, else `make()` moved to the model's device."
+        model = self.learn.model
+        parent = ifnone(parent, model)
+        m = parent._modules.get(name)
+        if m is None:
+            m = make().to(param_device(model))
+            parent.add_module(name, m)
+        elif check is not None: check(m)
+        return m
+
+def train_only_keys() -> set:
+    "The `model_key`s of all `ModelStateCallback` classes: names of children of a model that only training uses."
+    keys, todo = set(), [ModelStateCallback]
+    while todo:
+        c = todo.pop()
+        todo += c.__subclasses__()
+        if c.model_key: keys.add(c.model_key)
+    return keys
+
+# %% ../nbs/05_learner.ipynb #d7619c64
+def classifier_of(model:nn.Module, head=None, need_in_features:bool=True, arg:str='head') -> nn.Module:
+    "The classifier layer of `model`: `head` (a module or a submodule name), timm's `get_classifier()`, or the last `nn.Linear`."
+    if isinstance(head, nn.Module): h = head
+    elif isinstance(head, str):
+        try: h = model.get_submodule(head)
+        except AttributeError: raise ValueError(f"the model has no submodule {head!r} to use as classifier layer") from None
+    else:
+        h = model.get_classifier() if hasattr(model, 'get_classifier') else None
+        if not isinstance(h, nn.Module) or isinstance(h, nn.Identity):
+            skip = train_only_keys()
+            lin = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split('.')[0] not in skip]
+            if not lin: raise ValueError(f"{type(model).__name__} has no nn.Linear classifier layer: pass `{arg}=` (a module or its name)")
+            h = lin[-1]
+    if need_in_features and not isinstance(getattr(h, 'in_features', None), int):
+        raise ValueError(f"classifier layer {type(h).__name__} has no `in_features`: pass `{arg}=` an nn.Linear "
+                         "whose input is the pooled feature")
+    return h
+
+def feature_size(model:nn.Module, clf:nn.Module) -> int:
+    "Size of the features the classifier layer `clf` takes: its `in_features`, else timm's `model.num_features`."
+    n = getattr(clf, 'in_features', None)
+    if isinstance(n, int): return n
+    n = getattr(model, 'num_features', None)
+    if n is None: raise ValueError(f"cannot tell the feature size of {type(model).__name__}'s classifier {type(clf).__name__}")
+    return int(n)
+
+class HeadInput:
+    "Forward pre-hook on a classifier layer that keeps its input (the pooled features) of the next forward when armed."
+    def __init__(self, head:nn.Module):
+        self.head, self.feats, self.armed = head, None, False
+        self.handle = head.register_forward_pre_hook(self._hook)
+    def _hook(self, module, args):
+        if self.armed: self.feats, self.armed = args[0], False
+    def arm(self): self.feats, self.armed = None, True
+    def take(self):
+        f, self.feats, self.armed = self.feats, None, False
+        if f is None: raise RuntimeError(f"the classifier layer {type(self.head).__name__} was not called in the forward pass: "
+                                         "pass `head=` the layer that maps pooled features to logits")
+        return f.flatten(1)
+    def remove(self): self.handle.remove()

@@ -9,15 +9,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import ifnone
 from fastcore.foundation import L
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import CancelValidException
 from fastai.torch_core import to_device
 import fastai.callback.schedule  # fit_one_cycle
+from .learner import ModelStateCallback, classifier_of, HeadInput, add_to_opt
+_all_ = ['classifier_of', 'HeadInput']   # defined in cxr_noisy_lt.learner, importable from here too
 
 # %% auto #0
-__all__ = ['AUX_KEY', 'CONTRASTIVE_LOSSES', 'AuxModules', 'aux_modules', 'strip_aux', 'classifier_of', 'HeadInput', 'group_index',
-           'GroupAttention', 'mix_groups', 'AttentionMixupCallback', 'ProjectionHead', 'nt_xent', 'supcon_weights',
-           'multilabel_supcon', 'augmented_view', 'ContrastiveCallback', 'contrastive_pretrain', 'attmix_learner',
-           'pretrain_then_fit', 'bench_method', 'simclr_attmix_bench_method']
+__all__ = ['AUX_KEY', 'CONTRASTIVE_LOSSES', 'AuxModules', 'aux_modules', 'strip_aux', 'group_index', 'GroupAttention',
+           'mix_groups', 'AttentionMixupCallback', 'ProjectionHead', 'nt_xent', 'supcon_weights', 'multilabel_supcon',
+           'augmented_view', 'ContrastiveCallback', 'contrastive_pretrain', 'attmix_learner', 'pretrain_then_fit',
+           'bench_method', 'simclr_attmix_bench_method', 'classifier_of', 'HeadInput']
 
 # %% ../nbs/12_mixup.ipynb #9fe984e7
 AUX_KEY = 'train_aux'   # name of the container of training-only modules on the model
@@ -38,49 +40,33 @@ def strip_aux(model:nn.Module) -> AuxModules|None:
     "Remove the training-only modules from `model` (returns them)."
     return model._modules.pop(AUX_KEY, None)
 
-def classifier_of(model:nn.Module, head=None) -> nn.Module:
-    "The classifier layer of `model`: `head` (a module or a submodule name), timm's `get_classifier()`, or the last `nn.Linear`."
-    if isinstance(head, nn.Module): h = head
-    elif isinstance(head, str):
-        try: h = model.get_submodule(head)
-        except AttributeError: raise AttributeError(f"the model has no submodule {head!r} to use as classifier layer") from None
-    else:
-        h = model.get_classifier() if hasattr(model, 'get_classifier') else None
-        if not isinstance(h, nn.Module) or isinstance(h, nn.Identity):
-            lin = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(AUX_KEY)]
-            if not lin: raise ValueError(f"{type(model).__name__} has no nn.Linear classifier layer: pass `head=`")
-            h = lin[-1]
-    if not isinstance(getattr(h, 'in_features', None), int):
-        raise ValueError(f"classifier layer {type(h).__name__} has no `in_features`: pass `head=` an nn.Linear "
-                         "whose input is the pooled feature")
-    return h
+class _AuxCallback(ModelStateCallback):
+    "Keeps the module `model.train_aux.<aux_name>`, made for the classifier's input size, and hooks that input during fit."
+    model_key, aux_name = AUX_KEY, None
+    def make_module(self, dim:int) -> nn.Module: raise NotImplementedError
+    def check_module(self, module:nn.Module, dim:int): pass
 
-class HeadInput:
-    "Forward pre-hook on a classifier layer that keeps its input (the pooled features) of the next forward when armed."
-    def __init__(self, head:nn.Module):
-        self.head, self.feats, self.armed = head, None, False
-        self.handle = head.register_forward_pre_hook(self._hook)
-    def _hook(self, module, args):
-        if self.armed: self.feats, self.armed = args[0], False
-    def arm(self): self.feats, self.armed = None, True
-    def take(self):
-        f, self.feats, self.armed = self.feats, None, False
-        if f is None: raise RuntimeError(f"the classifier layer {type(self.head).__name__} was not called in the forward pass: "
-                                         "pass `head=` the layer that maps pooled features to logits")
-        return f.flatten(1)
-    def remove(self): self.handle.remove()
+    @property
+    def aux_module(self) -> nn.Module|None:
+        aux = aux_modules(self.learn.model) if self.learn is not None else None
+        return None if aux is None else aux._modules.get(self.aux_name)
 
-def _param_device(model):
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device('cpu')
+    def attach(self) -> nn.Module:
+        "Attach (or check) the module on `learn.model` and make sure the optimiser holds its parameters."
+        model = self.learn.model
+        dim = classifier_of(model, self.head).in_features
+        m = self.attach_module(self.aux_name, lambda: self.make_module(dim), lambda m: self.check_module(m, dim),
+                               parent=aux_modules(model, create=True))
+        add_to_opt(self.learn, m)
+        return m
 
-def _add_to_opt(learn, module:nn.Module):
-    "Add the parameters of `module` to the last parameter group of `learn.opt`, if there is an optimiser and they are not in it."
-    opt = getattr(learn, 'opt', None)
-    if opt is None: return
-    have = {id(p) for pg in opt.param_lists for p in pg}
-    new = [p for p in module.parameters() if id(p) not in have]
-    if new: opt.param_lists[-1] = L(list(opt.param_lists[-1]) + new)
+    def before_fit(self):
+        self.attach()
+        if self._hook is not None: self._hook.remove()
+        self._hook = HeadInput(classifier_of(self.learn.model, self.head))
+
+    def after_fit(self):
+        if self._hook is not None: self._hook.remove(); self._hook = None
 
 # %% ../nbs/12_mixup.ipynb #520da2f0
 def group_index(n:int, g:int=2) -> torch.Tensor:
@@ -135,9 +121,9 @@ def mix_groups(f:torch.Tensor, y:torch.Tensor, w:torch.Tensor, groups:torch.Tens
     return f_mix, torch.where(known.all(1), y_mix, torch.full_like(y_mix, float('nan')))
 
 # %% ../nbs/12_mixup.ipynb #b973070e
-class AttentionMixupCallback(Callback):
+class AttentionMixupCallback(_AuxCallback):
     "Intra-group attention mixup: loss = mix_weight * loss(head(f_mix), y_mix) + plain_weight * loss(head(f), y)."
-    order = 5
+    order, aux_name = 5, 'attention'
     def __init__(self,
         g:int=2,                  # group size
         mix_weight:float=1.5,     # weight of the loss on the mixed features
@@ -151,38 +137,14 @@ class AttentionMixupCallback(Callback):
         self.g, self.mix_weight, self.plain_weight, self.hidden, self.member_term, self.head = g, mix_weight, plain_weight, hidden, member_term, head
         self._hook, self._mix, self._old_lf, self.last_weights, self.last_losses = None, None, None, None, None
 
-    # attach the attention as soon as the callback joins a Learner, so a new optimiser includes it
     @property
-    def learn(self): return self.__dict__.get('_learn')
-    @learn.setter
-    def learn(self, learner):
-        self.__dict__['_learn'] = learner
-        if learner is not None and getattr(learner, 'model', None) is not None: self.attach()
+    def attention(self) -> GroupAttention|None: return self.aux_module
 
-    @property
-    def attention(self) -> GroupAttention|None:
-        aux = aux_modules(self.learn.model) if self.learn is not None else None
-        return None if aux is None else aux._modules.get('attention')
-
-    def attach(self) -> GroupAttention:
-        "Attach (or check) the attention on `learn.model` and make sure the optimiser holds its parameters."
-        model = self.learn.model
-        dim = classifier_of(model, self.head).in_features
-        aux = aux_modules(model, create=True)
-        att = aux._modules.get('attention')
-        if att is None:
-            att = GroupAttention(dim, self.g, self.hidden, self.member_term).to(_param_device(model))
-            aux.add_module('attention', att)
-        elif (att.dim, att.g) != (dim, self.g):
+    def make_module(self, dim): return GroupAttention(dim, self.g, self.hidden, self.member_term)
+    def check_module(self, att, dim):
+        if (att.dim, att.g) != (dim, self.g):
             raise ValueError(f"AttentionMixupCallback: the model carries an attention for g={att.g}, {att.dim} features; "
                              f"this callback wants g={self.g}, {dim}: remove it first with strip_aux(learn.model)")
-        _add_to_opt(self.learn, att)
-        return att
-
-    def before_fit(self):
-        self.attach()
-        if self._hook is not None: self._hook.remove()
-        self._hook = HeadInput(classifier_of(self.learn.model, self.head))
 
     def before_train(self): self._old_lf, self.learn.loss_func = self.learn.loss_func, self.loss
     def after_train(self):
@@ -216,7 +178,7 @@ class AttentionMixupCallback(Callback):
 
     def after_fit(self):
         self.after_train()
-        if self._hook is not None: self._hook.remove(); self._hook = None
+        super().after_fit()
 
 # %% ../nbs/12_mixup.ipynb #79d9942b
 class ProjectionHead(nn.Module):
@@ -276,9 +238,9 @@ def augmented_view(dl, idx:torch.Tensor, device=None):
 
 CONTRASTIVE_LOSSES = ('simclr', 'supcon')
 
-class ContrastiveCallback(Callback):
+class ContrastiveCallback(_AuxCallback):
     "Contrastive loss (NT-Xent or multi-label supervised) on two augmented views, as an auxiliary loss or alone (`only`)."
-    order = 6
+    order, aux_name = 6, 'projection'
     def __init__(self,
         weight:float=0.1,         # weight of the contrastive loss added to the training loss (ignored with `only`)
         temperature:float=0.2,    # tau
@@ -297,36 +259,13 @@ class ContrastiveCallback(Callback):
         self._hook, self._n, self._c, self.last_loss = None, None, None, None
 
     @property
-    def learn(self): return self.__dict__.get('_learn')
-    @learn.setter
-    def learn(self, learner):
-        self.__dict__['_learn'] = learner
-        if learner is not None and getattr(learner, 'model', None) is not None: self.attach()
+    def projection(self) -> ProjectionHead|None: return self.aux_module
 
-    @property
-    def projection(self) -> ProjectionHead|None:
-        aux = aux_modules(self.learn.model) if self.learn is not None else None
-        return None if aux is None else aux._modules.get('projection')
-
-    def attach(self) -> ProjectionHead:
-        "Attach (or check) the projection head on `learn.model` and make sure the optimiser holds its parameters."
-        model = self.learn.model
-        dim = classifier_of(model, self.head).in_features
-        aux = aux_modules(model, create=True)
-        proj = aux._modules.get('projection')
-        if proj is None:
-            proj = ProjectionHead(dim, self.hidden, self.out_dim).to(_param_device(model))
-            aux.add_module('projection', proj)
-        elif proj.dim != dim:
+    def make_module(self, dim): return ProjectionHead(dim, self.hidden, self.out_dim)
+    def check_module(self, proj, dim):
+        if proj.dim != dim:
             raise ValueError(f"ContrastiveCallback: the model carries a projection head for {proj.dim} features, not {dim}: "
                              "remove it first with strip_aux(learn.model)")
-        _add_to_opt(self.learn, proj)
-        return proj
-
-    def before_fit(self):
-        self.attach()
-        if self._hook is not None: self._hook.remove()
-        self._hook = HeadInput(classifier_of(self.learn.model, self.head))
 
     def before_validate(self):
         if not self.valid: raise CancelValidException()
@@ -356,9 +295,6 @@ class ContrastiveCallback(Callback):
         self.learn.loss_grad = c if self.only else self.learn.loss_grad + self.weight * c
         self.learn.loss = self.learn.loss_grad.detach().clone()
         self.last_loss = c.detach()
-
-    def after_fit(self):
-        if self._hook is not None: self._hook.remove(); self._hook = None
 
 def contrastive_pretrain(learn, epochs:int, lr:float=None, loss:str='simclr', temperature:float=0.2, **kwargs):
     "Train `learn.model`'s backbone and a projection head with the contrastive loss alone (one-cycle schedule); returns `learn`."

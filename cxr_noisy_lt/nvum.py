@@ -9,8 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastai.callback.core import Callback
-from fastcore.foundation import L
+from .learner import ModelStateCallback, remove_from_opt
 
 # %% auto #0
 __all__ = ['NVUM_KEY', 'nvum_prior', 'NVUMMemory', 'nvum_regularizer', 'masked_mean', 'EMATeacher', 'NVUMState', 'nvum_state',
@@ -183,8 +182,9 @@ def _no_finding_index(dls, no_finding):
     raise ValueError(f"NVUMCallback: no_finding={no_finding!r} is not one of the classes {classes}")
 
 # %% ../nbs/10_nvum.ipynb #5ab22cf2
-class NVUMCallback(Callback):
+class NVUMCallback(ModelStateCallback):
     "NVUM (Liu et al., MICCAI 2022): EMA teacher + non-volatile unbiased memory + memory-mixup regulariser."
+    model_key, needs_dls = NVUM_KEY, True   # attached on joining a Learner with dls, so `learn.load` works before any fit
     def __init__(self,
         beta:float=0.9,          # memory EMA factor: t <- beta*t + (1-beta)*(teacher logits - tau*log prior)
         tau:float=1.0,           # strength of the logit adjustment by the prior
@@ -203,15 +203,6 @@ class NVUMCallback(Callback):
         self._q, self._student, self._old_loss, self.last_reg = None, None, None, None
         self._lam_dist = torch.distributions.Beta(torch.tensor(1.), torch.tensor(1.))
 
-    # attach the state as soon as the callback joins a Learner, so `learn.load` works before any fit
-    @property
-    def learn(self): return self.__dict__.get('_learn')
-    @learn.setter
-    def learn(self, learner):
-        self.__dict__['_learn'] = learner
-        if learner is not None and getattr(learner, 'model', None) is not None and getattr(learner, 'dls', None) is not None:
-            self.attach()
-
     @property
     def state(self) -> NVUMState: return nvum_state(self._student if self._student is not None else self.learn.model)
     @property
@@ -227,29 +218,19 @@ class NVUMCallback(Callback):
 
     def attach(self) -> NVUMState:
         "Attach (or check) the memory and teacher on `learn.model`; returns the `NVUMState`."
-        model = self.learn.model
-        n_items = len(self.learn.dls.train_ds)
-        st = nvum_state(model)
-        if st is None:
+        model, n_items = self.learn.model, len(self.learn.dls.train_ds)
+        def make():
             prior = self._prior(n_items)
-            st = NVUMState(NVUMMemory(n_items, len(prior), prior, self.beta, self.tau), EMATeacher(model, self.ema_decay))
-            p = next(model.parameters(), None)
-            if p is not None: st.to(p.device)
-            model.add_module(NVUM_KEY, st)
-        elif st.memory.n_items != n_items:
-            raise ValueError(f"NVUMCallback: the model carries a memory of {st.memory.n_items} items but the training set "
-                             f"has {n_items}; remove it first with strip_nvum(learn.model)")
+            return NVUMState(NVUMMemory(n_items, len(prior), prior, self.beta, self.tau), EMATeacher(model, self.ema_decay))
+        def check(st):
+            if st.memory.n_items != n_items:
+                raise ValueError(f"NVUMCallback: the model carries a memory of {st.memory.n_items} items but the training set "
+                                 f"has {n_items}; remove it first with strip_nvum(learn.model)")
+        st = self.attach_module(NVUM_KEY, make, check)
         st.memory.beta, st.memory.tau, st.teacher.decay = float(self.beta), float(self.tau), float(self.ema_decay)
         st.requires_grad_(False)
-        self._strip_opt(st)
+        remove_from_opt(self.learn, st)
         return st
-
-    def _strip_opt(self, st):
-        opt = getattr(self.learn, 'opt', None)
-        if opt is None: return
-        ids = {id(p) for p in st.parameters()}
-        if any(id(p) in ids for pg in opt.param_lists for p in pg):
-            opt.param_lists = L(L(p for p in pg if id(p) not in ids) for pg in opt.param_lists)
 
     def before_fit(self):
         st = self.attach()

@@ -14,7 +14,7 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback
 import fastai.callback.schedule  # fit_one_cycle
 from .data import CXRDataLoader
-from .learner import MaskedBCEWithLogits
+from .learner import MaskedBCEWithLogits, ModelStateCallback, classifier_of, feature_size, HeadInput, add_to_opt
 
 # %% auto #0
 __all__ = ['HEAD_KEY', 'METRIC_LOSSES', 'SAMPLERS', 'label_overlap', 'pair_masks', 'embedding_distances', 'batch_hard',
@@ -107,24 +107,10 @@ def multilabel_supcon_loss(emb:torch.Tensor, target:torch.Tensor, temperature:fl
 HEAD_KEY = 'metric_head'   # name of the projection head inside the model
 
 def get_classifier(model:nn.Module, classifier=None) -> nn.Module:
-    "The classifier of `model`: `classifier` (module or name), timm's `get_classifier()`, else the last `nn.Linear`."
-    if isinstance(classifier, nn.Module): return classifier
-    if isinstance(classifier, str):
-        try: return model.get_submodule(classifier)
-        except AttributeError: raise ValueError(f"the model has no submodule {classifier!r}") from None
-    if hasattr(model, 'get_classifier'):
-        c = model.get_classifier()
-        if isinstance(c, nn.Module) and not isinstance(c, nn.Identity): return c
-    lin = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.startswith(HEAD_KEY)]
-    if not lin: raise ValueError(f"cannot find the classifier of {type(model).__name__}: pass `classifier=` (a module or its name)")
-    return lin[-1]
+    "The classifier of `model`: `classifier` (module or name), timm's `get_classifier()`, else the last `nn.Linear`; any layer type."
+    return classifier_of(model, classifier, need_in_features=False, arg='classifier')
 
-def _n_features(model, clf):
-    if isinstance(clf, nn.Linear): return clf.in_features
-    n = getattr(model, 'num_features', None)
-    if n is None: raise ValueError(f"cannot tell the feature size of {type(model).__name__}'s classifier {type(clf).__name__}")
-    return int(n)
-
+# not `mixup.ProjectionHead`: this one takes (n_in, dim, hidden), may be linear (hidden=0) and L2-normalises its output
 class ProjectionHead(nn.Module):
     "Linear-ReLU-Linear (or one Linear if `hidden=0`) to `dim`, then L2 normalisation."
     def __init__(self, n_in:int, dim:int=128, hidden:int=None):
@@ -136,9 +122,9 @@ class ProjectionHead(nn.Module):
 METRIC_LOSSES = {'supcon': multilabel_supcon_loss, 'triplet': multilabel_triplet_loss}
 _DEFAULT_WEIGHT = {'supcon': 0.05, 'triplet': 0.1}
 
-class MetricLearningCallback(Callback):
+class MetricLearningCallback(ModelStateCallback):
     "Stage 1: BCE (the learner's loss) + `weight` * a multi-label metric loss on projected, L2-normalised features."
-    order = 0
+    order, model_key = 0, HEAD_KEY
     def __init__(self,
         loss='supcon',        # 'supcon', 'triplet', or a function (embeddings, targets) -> scalar
         weight:float=None,    # lambda; default 0.05 with 'supcon', 0.1 with 'triplet' (see 'Our reading')
@@ -155,14 +141,7 @@ class MetricLearningCallback(Callback):
         else: raise TypeError(f"loss must be a name or a function, got {type(loss).__name__}")
         self.weight = float(ifnone(weight, _DEFAULT_WEIGHT.get(self.loss_name, 1.0)))
         self.dim, self.hidden, self.classifier, self.loss_kwargs = dim, hidden, classifier, loss_kwargs
-        self._hook, self._feats, self.last_metric = None, None, None
-
-    @property
-    def learn(self): return self.__dict__.get('_learn')
-    @learn.setter
-    def learn(self, learner):
-        self.__dict__['_learn'] = learner
-        if learner is not None and getattr(learner, 'model', None) is not None: self.attach()
+        self._hook, self.last_metric = None, None
 
     @property
     def head(self) -> ProjectionHead: return self.learn.model._modules.get(HEAD_KEY)
@@ -170,43 +149,30 @@ class MetricLearningCallback(Callback):
     def attach(self) -> ProjectionHead:
         "Attach the projection head to `learn.model` (once) and make sure the optimiser, if any, has its parameters."
         model = self.learn.model
-        head = model._modules.get(HEAD_KEY)
-        if head is None:
-            clf = get_classifier(model, self.classifier)
-            head = ProjectionHead(_n_features(model, clf), self.dim, self.hidden)
-            p = next(clf.parameters(), None)
-            if p is not None: head.to(p.device)
-            model.add_module(HEAD_KEY, head)
-        opt = getattr(self.learn, 'opt', None)
-        if opt is not None:
-            have = {id(q) for pg in opt.param_lists for q in pg}
-            new = [q for q in head.parameters() if id(q) not in have]
-            if new:
-                opt.param_lists[-1] += new
-                for q in new: opt.state[q] = {}     # opt.state is a plain dict after opt.load_state_dict
+        def make(): return ProjectionHead(feature_size(model, get_classifier(model, self.classifier)), self.dim, self.hidden)
+        head = self.attach_module(HEAD_KEY, make)
+        add_to_opt(self.learn, head)
         return head
 
-    def _capture(self, module, args):
-        if self.learn.training: self._feats = args[0]
-
     def before_fit(self):
-        head = self.attach()
-        head.requires_grad_(True)
-        self._hook = get_classifier(self.learn.model, self.classifier).register_forward_pre_hook(self._capture)
+        self.attach().requires_grad_(True)
+        if self._hook is not None: self._hook.remove()
+        self._hook = HeadInput(get_classifier(self.learn.model, self.classifier))
 
-    def before_batch(self): self._feats = None
+    def before_batch(self):
+        if self.training: self._hook.arm()
 
     def after_loss(self):
-        if not self.training or self._feats is None: return
-        emb = self.head(self._feats)
+        if not self.training or self._hook.feats is None: return
+        emb = self.head(self._hook.take())
         m = self.loss_fn(emb, self.learn.yb[0], **self.loss_kwargs)
         self.learn.loss_grad = self.learn.loss_grad + self.weight * m
         self.learn.loss = self.learn.loss_grad.detach().clone()
-        self.last_metric, self._feats = m.detach(), None
+        self.last_metric = m.detach()
 
     def after_fit(self):
         if self._hook is not None: self._hook.remove()
-        self._hook, self._feats = None, None
+        self._hook = None
 
 def remove_head(model:nn.Module) -> nn.Module|None:
     "Remove the projection head from `model` (returns it), e.g. to load the weights into a plain model."
@@ -348,10 +314,8 @@ class RebalanceStage(Callback):
         if self.reinit:
             _reset_parameters(clf)
             for p in clf.parameters(): p.grad = None
+        add_to_opt(learn, clf)
         opt = learn.opt
-        have = {id(q) for pg in opt.param_lists for q in pg}
-        missing = [p for p in clf.parameters() if id(p) not in have]
-        if missing: opt.param_lists[-1] += missing
         for p in clf.parameters():   # fresh optimiser state for the classifier
             opt.state[p] = {k: v for k, v in opt.state.get(p, {}).items() if k in opt._keep_on_clear}
         labels = train_targets(learn.dls.train)
