@@ -1,11 +1,11 @@
 """Step-time overhead of the Robust Asymmetric Loss (and the ASL / focal baselines) over masked BCE, one run.
 
-    python tests/benchmarks/bench_ral.py [--arch resnet18] [--size 64] [--bs 32] [--steps 12] [--rounds 3] [--threads 1]
+    python tests/benchmarks/bench_ral.py [--arch resnet18] [--size 64] [--bs 32] [--steps 15] [--threads 1]
 
-Same model (same initial weights), same training batches, fastai loop; only the loss function differs.
-Prints the median training-step time of each loss and its ratio to BCE (configurations alternate for
-`--rounds` rounds, the best median of each is kept), then the loss alone, forward and backward on the
-[batch, 14] logits, as a share of the BCE step: the part of the step the loss itself costs.
+One fastai fit in which the loss function changes at every training step, in turn BCE, RAL, ASL, focal:
+the same model, the same batches, and whatever else runs on the machine shared evenly among the losses.
+Prints the median step time (before_batch to after_batch) of each loss over `--steps` steps and its ratio
+to BCE, then the loss alone, forward and backward on the [batch, 14] logits, as a share of the BCE step.
 """
 import argparse, time
 import numpy as np
@@ -18,19 +18,34 @@ from cxr_noisy_lt.data import toy_cxr, cxr_dls
 from cxr_noisy_lt.learner import cxr_learner, MaskedBCEWithLogits
 from cxr_noisy_lt.labels import NIH14
 from cxr_noisy_lt.ral import RobustAsymmetricLoss, AsymmetricLoss, FocalLossMultiLabel
-from _timing import StepTimer  # noqa: E402  (this folder is on sys.path when the script runs)
+from fastai.callback.core import Callback, CancelFitException
 
 LOSSES = {'bce': MaskedBCEWithLogits, 'ral': lambda: RobustAsymmetricLoss(reduction='mean'),
           'asl': lambda: AsymmetricLoss(reduction='mean'), 'focal': lambda: FocalLossMultiLabel(reduction='mean')}
 
 
-def run(args, dls, name):
+class RotateLoss(Callback):
+    "Use the next loss of `LOSSES` at every training step and time the step under that loss's name."
+    order = -90
+    def __init__(self, steps, warmup):
+        self.names, self.fns = list(LOSSES), [f() for f in LOSSES.values()]
+        self.steps, self.warmup, self.i, self.times = steps, warmup, 0, {k: [] for k in LOSSES}
+    def before_batch(self):
+        if not self.training: return
+        self.k = self.i % len(self.names); self.learn.loss_func = self.fns[self.k]; self.t = time.perf_counter()
+    def after_batch(self):
+        if not self.training: return
+        if self.i >= self.warmup * len(self.names): self.times[self.names[self.k]].append(time.perf_counter() - self.t)
+        self.i += 1
+        if self.i >= (self.steps + self.warmup) * len(self.names): raise CancelFitException
+
+
+def run(args, dls):
     set_seed(0, reproducible=True)
-    timer = StepTimer(args.steps, args.warmup)
-    learn = cxr_learner(dls, args.arch, loss_func=LOSSES[name](), cbs=[timer], metrics=[])
-    dls.train.rng.seed(0)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
-    return float(np.median(timer.times[args.warmup:]))
+    cb = RotateLoss(args.steps, args.warmup)
+    learn = cxr_learner(dls, args.arch, cbs=[cb], metrics=[])
+    with learn.no_bar(), learn.no_logging(): learn.fit(100, 1e-3)
+    return {k: float(np.median(v)) for k, v in cb.times.items()}
 
 
 def loss_alone(name, bs, reps=200):
@@ -48,21 +63,17 @@ def loss_alone(name, bs, reps=200):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--arch', default='resnet18'); ap.add_argument('--size', type=int, default=64)
-    ap.add_argument('--bs', type=int, default=32); ap.add_argument('--steps', type=int, default=12)
-    ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--rounds', type=int, default=3)
-    ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--bs', type=int, default=32); ap.add_argument('--steps', type=int, default=15)
+    ap.add_argument('--warmup', type=int, default=2); ap.add_argument('--threads', type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    n = int(args.bs * (args.steps + args.warmup + 1) / 0.7) + 20
+    n = int(args.bs * 8 / 0.7) + 20
     frame, images = toy_cxr(n=n, size=args.size, classes=NIH14, seed=0)
     dls = cxr_dls(frame, NIH14, images=images, bs=args.bs, seed=0)
-    times = {m: [] for m in LOSSES}
-    for _ in range(args.rounds):
-        for m in times: times[m].append(run(args, dls, m))
-    best = {m: min(v) for m, v in times.items()}
+    best = run(args, dls)
     alone = {m: loss_alone(m, args.bs) for m in LOSSES}
     print(f"{args.arch}, {args.size}px, batch {args.bs}, {torch.get_num_threads()} thread(s), "
-          f"median of {args.steps} steps, best of {args.rounds} rounds")
+          f"losses in turn at every step, median of {args.steps} steps each")
     for m in LOSSES:
         ratio = '' if m == 'bce' else f"   ratio {best[m] / best['bce']:.3f}" + ('  (target < 1.05)' if m == 'ral' else '')
         print(f"{m:6} step {1e3 * best[m]:8.1f} ms{ratio}")
