@@ -194,6 +194,11 @@ class CXRDataset(torch.utils.data.Dataset):
         x, y, j = self.get_batch([i])
         return x[0], y[0], j[0]
 
+    def new_empty(self):
+        "An empty dataset with the same classes, label columns, size, folder and reader: what `Learner.export` keeps."
+        return type(self)(self.frame.iloc[:0], self.classes, None, self.label_cols, self.size, self.path, self.reader,
+                          check_files=False, source=self.source)
+
 # %% ../nbs/03_data.ipynb #898a153d
 def translate_mat(x, max_shift:float=0.05, p:float=0.5):
     "Random translations of up to `max_shift` of the image size, with probability `p`, as affine matrices."
@@ -281,13 +286,15 @@ def cxr_dls(frame:pd.DataFrame, classes='nih14', images=None, bs:int=64, label_c
     return dls
 
 def test_dl(dls:DataLoaders, frame:pd.DataFrame=None, split:str='test', label_cols=None, images=None,
-            bs:int=None) -> CXRDataLoader:
+            bs:int=None, path=None, reader=None) -> CXRDataLoader:
     "A `DataLoader` for evaluation on `split` of `frame` (default: the frame of `dls`): no augmentation, no shuffling, same normalisation."
     frame = ifnone(frame, getattr(dls, 'frame', None))
     if frame is None: raise ValueError("test_dl: pass the labels frame to evaluate on")
     v = dls.valid
-    ds = CXRDataset(_split_rows(frame, split, 'test_dl'), dls.classes, ifnone(images, v.dataset.images), label_cols,
-                    v.dataset.size, v.dataset.path, v.dataset.reader, source=f"labels frame (split {split!r})")
+    files = path is not None or reader is not None    # images from another folder: not the training array
+    ds = CXRDataset(_split_rows(frame, split, 'test_dl'), dls.classes, images if files else ifnone(images, v.dataset.images),
+                    label_cols, v.dataset.size, ifnone(path, v.dataset.path), ifnone(reader, v.dataset.reader),
+                    source=f"labels frame (split {split!r})")
     return v.new(ds, bs=ifnone(bs, v.bs), shuffle=False, drop_last=False)
 
 test_dl.__test__ = False   # not a pytest test, despite its name
