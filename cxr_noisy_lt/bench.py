@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_bench.ipynb #f475d5e7
 from __future__ import annotations
-import contextlib, importlib, json, os, time, warnings
+import contextlib, importlib, json, os, time, traceback, warnings
 # fastai's import of torch.jit.script warns on this torch; the command's output stays clean
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 from dataclasses import dataclass, field
@@ -143,9 +143,14 @@ def _worker_init(threads, phantom_kw, groups, n_pos, run_kw):
     from cxr_noisy_lt.phantom import make_phantom
     _WORKER.update(ph=make_phantom(**phantom_kw, progress=False), groups=groups, n_pos=n_pos, run_kw=run_kw)
 
+def _safe_task(ph, task, groups, n_pos, run_kw) -> tuple:
+    "(task, results, seconds, None), or (task, None, None, traceback) if the run fails: one failed run does not stop the others."
+    try: return (task, *_run_task(ph, *task, groups, n_pos, run_kw), None)
+    except Exception: return task, None, None, traceback.format_exc()
+
 def _worker_task(task):
     w = _WORKER
-    return task, *_run_task(w['ph'], *task, w['groups'], w['n_pos'], w['run_kw'])
+    return _safe_task(w['ph'], task, w['groups'], w['n_pos'], w['run_kw'])
 
 def _check_resume(runs:Path, cfg:dict, resume:bool):
     "Keep per-run files only for an identical configuration: resuming under another one would mix grids."
@@ -185,10 +190,18 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
             fn = runs / f"{_task_name(*t)}.csv"
             if resume and fn.exists(): done[t], times[t] = pd.read_csv(fn), secs.get(_task_name(*t))
     todo = [t for t in grid if t not in done]
-    def _finish(t, r, secs):
+    failed = {}
+    def _finish(t, r, secs, err):
+        fail_fn = None if runs is None else runs / 'failed' / f"{_task_name(*t)}.txt"
+        if err is not None:
+            failed[t] = err
+            print(f"cxr_bench: run {' | '.join(map(str, t))} failed: {err.strip().splitlines()[-1]}", flush=True)
+            if fail_fn is not None: fail_fn.parent.mkdir(exist_ok=True); fail_fn.write_text(err)
+            return
         done[t], times[t] = r, secs
         if runs is not None:
             r.to_csv(runs / f"{_task_name(*t)}.csv", index=False)
+            if fail_fn.exists(): fail_fn.unlink()
             sf = runs / 'seconds.json'
             old = json.loads(sf.read_text()) if sf.exists() else {}
             sf.write_text(json.dumps({**old, _task_name(*t): round(secs, 1)}, indent=1))
@@ -197,21 +210,30 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
         pb = progress_bar(todo, leave=True)
         for t in pb:
             pb.comment = ' | '.join(map(str, t))
-            _finish(t, *_run_task(ph, *t, groups, n_pos, run_kw))
+            _finish(*_safe_task(ph, t, groups, n_pos, run_kw))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
         nthreads = threads or max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=_worker_init,
-                                 initargs=(nthreads, phantom_kw, groups, n_pos, run_kw)) as ex:
+        ex = ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn'), initializer=_worker_init,
+                                 initargs=(nthreads, phantom_kw, groups, n_pos, run_kw))
+        try:
             futs = [ex.submit(_worker_task, t) for t in todo]
             for f in progress_bar(as_completed(futs), total=len(futs), leave=True): _finish(*f.result())
-    res = pd.concat([done[t] for t in grid], ignore_index=True)
+        finally: ex.shutdown(wait=True, cancel_futures=True)    # on an interrupt, start nothing new
+    ok = [t for t in grid if t in done]
+    if not ok: raise RuntimeError(f"all {len(grid)} runs failed; the first: {failed[grid[0]]}")
+    res = pd.concat([done[t] for t in ok], ignore_index=True)
     res.attrs['seconds'] = {'|'.join(map(str, k)): (None if v is None else round(v, 1)) for k, v in times.items()}
     if out is not None:
         write_report(res, out, config={**cfg, 'seeds': list(seeds)}, groups=groups)
         (Path(out) / 'run.json').write_text(json.dumps(dict(config={**cfg, 'seeds': list(seeds)}, methods=list(methods),
-                                                            noise=list(noise), workers=workers, seconds=res.attrs['seconds']), indent=1))
+                                                            noise=list(noise), workers=workers, seconds=res.attrs['seconds'],
+                                                            failed=[_task_name(*t) for t in failed]), indent=1))
+    if failed:
+        where = f"tracebacks in {runs / 'failed'}" if runs is not None else f"the first:\n{next(iter(failed.values()))}"
+        raise RuntimeError(f"{len(failed)} of {len(grid)} runs failed ({', '.join(' | '.join(map(str, t)) for t in failed)}); "
+                           f"the report has the other {len(ok)}; {where}")
     return res
 
 # %% ../nbs/30_bench.ipynb #237eba94
@@ -248,7 +270,7 @@ def main(quick:store_true=False,        # small grid: finishes in minutes on 2 C
     t0 = time.time()
     try: res = run_bench(cfg['methods'], cfg['noise'], cfg['seeds'], n=cfg['n'], size=cfg['size'], epochs=cfg['epochs'],
                          bs=cfg['bs'], lr=lr, arch=arch, out=out, verbose=verbose, workers=workers, threads=threads, resume=resume)
-    except (KeyError, ValueError, FileNotFoundError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     print(markdown_table(summary_table(res, 'clean')))
     if 'bce' in cfg['methods'] and len(cfg['methods']) > 1:
         print("\nDifference from bce, paired by seed:\n" + markdown_table(delta_table(res, 'bce', 'clean')))
