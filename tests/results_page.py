@@ -1,0 +1,54 @@
+"""The results page, nbs/40_results.ipynb, shows one `cxr_bench` run kept in nbs/results/phantom/.
+
+    python tests/results_page.py --from cxr_bench_results    # copy a run's results.csv and run.json, then refresh
+    python tests/results_page.py                              # refresh the page from the files already there
+
+Refreshing executes the notebook and saves its outputs (tables as Markdown, plots as small PNGs), so the
+docs show them; tests/test_results_page.py checks that the saved outputs are those of the kept files."""
+import argparse, shutil, subprocess, sys
+from pathlib import Path
+from execnb.nbio import read_nb, write_nb
+from execnb.shell import CaptureShell
+from fastcore.xtras import working_directory
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / 'nbs' / '40_results.ipynb'
+DATA = ROOT / 'nbs' / 'results' / 'phantom'
+FILES = ('results.csv', 'run.json')
+
+def execute_page(page=PAGE):
+    "The page's notebook with fresh outputs (executed in its own folder)."
+    nb = read_nb(page)
+    for c in nb.cells:
+        if c.cell_type == 'code': c.outputs, c.execution_count = [], None
+    with working_directory(page.parent): CaptureShell(mpl_format='png').run_all(nb, exc_stop=True)
+    return nb
+
+def text_outputs(nb) -> list:
+    "The text of every output (Markdown, plain text, streams), cell by cell: what must match the kept data."
+    out = []
+    for c in nb.cells:
+        if c.cell_type != 'code': continue
+        for o in c.get('outputs', []):
+            if 'text' in o: out.append(''.join(o['text']))
+            for k in ('text/markdown', 'text/plain'):
+                v = o.get('data', {}).get(k)
+                if v is not None and not ''.join(v).startswith('<Figure'): out.append(''.join(v))
+    return out
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--from', dest='src', help="a cxr_bench --out folder to take results.csv and run.json from")
+    a = ap.parse_args()
+    if a.src:
+        src = Path(a.src)
+        missing = [f for f in FILES if not (src / f).exists()]
+        if missing: sys.exit(f"results_page: {src} has no {', '.join(missing)}: is it a cxr_bench --out folder?")
+        DATA.mkdir(parents=True, exist_ok=True)
+        for f in FILES: shutil.copy(src / f, DATA / f)
+    write_nb(execute_page(), PAGE)
+    subprocess.run(['nbdev_clean', '--fname', str(PAGE)], check=True, cwd=ROOT)
+    print(f"wrote {PAGE.relative_to(ROOT)} from {DATA.relative_to(ROOT)}")
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,22 @@
+"The results page shows the kept benchmark run: its saved outputs are those a fresh execution gives."
+import json, sys
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+from pathlib import Path
+import pandas as pd
+from results_page import PAGE, DATA, execute_page, text_outputs
+from execnb.nbio import read_nb
+
+def test_kept_run_is_complete():
+    res = pd.read_csv(DATA / 'results.csv')
+    run = json.loads((DATA / 'run.json').read_text())
+    assert set(res['method']) == set(run['methods']) and 'bce' in set(res['method'])
+    assert set(res['noise']) == set(run['noise']) and set(res['labels']) == {'clean', 'noisy'}
+    runs = res.groupby(['method', 'noise', 'seed']).ngroups
+    assert runs == len(run['seconds']), (runs, len(run['seconds']))
+
+def test_saved_outputs_match_the_kept_run():
+    saved, fresh = read_nb(PAGE), execute_page()
+    assert text_outputs(saved) == text_outputs(fresh), "nbs/40_results.ipynb is stale: run python tests/results_page.py"
+    n_png = sum('image/png' in o.get('data', {}) for c in saved.cells if c.cell_type == 'code' for o in c.get('outputs', []))
+    assert n_png >= 2, 'the page should show its plots'
+    assert PAGE.stat().st_size < 400_000, f"{PAGE.name} is {PAGE.stat().st_size} bytes: keep the plots small"
