@@ -165,10 +165,11 @@ def _check_resume(runs:Path, cfg:dict, resume:bool):
 
 def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, epochs=4, bs=64, lr=2e-3, arch='resnet18',
               phantom_seed=0, out=None, head=0.05, tail=0.02, verbose=False, cache_dir=None, workers=1, threads=None,
-              resume=False) -> pd.DataFrame:
+              resume=False, report_only=False) -> pd.DataFrame:
     """Run the grid methods × noise × seeds on the phantom; write a report to `out` if given; return tidy results.
     `workers` > 1 runs grid cells in that many processes (`threads` torch threads each); with `out`, each finished
-    cell is saved under `out/runs/` at once, and `resume=True` reuses the cells already there."""
+    cell is saved under `out/runs/` at once, and `resume=True` reuses the cells already there. `report_only=True`
+    runs nothing: it reports the saved cells of the grid (e.g. of a grid still running) and lists the missing ones."""
     from cxr_noisy_lt.phantom import make_phantom
     for m in methods: get_method(m)                   # fail early on a bad name
     for s in noise: parse_noise(s)
@@ -183,6 +184,9 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
     grid = [(m, s, seed) for seed in seeds for s in noise for m in methods]
     done, times = {}, {}
     runs = None if out is None else Path(out) / 'runs'
+    if report_only:
+        if runs is None: raise ValueError("report_only: pass `out`, the folder whose saved runs to report")
+        resume = True
     if runs is not None:
         _check_resume(runs, cfg, resume)
         secs = json.loads((runs / 'seconds.json').read_text()) if (runs / 'seconds.json').exists() else {}
@@ -190,7 +194,8 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
             fn = runs / f"{_task_name(*t)}.csv"
             if resume and fn.exists(): done[t], times[t] = pd.read_csv(fn), secs.get(_task_name(*t))
     todo = [t for t in grid if t not in done]
-    failed = {}
+    missing, failed = (todo, {}) if report_only else ([], {})
+    if report_only: todo = []
     def _finish(t, r, secs, err):
         fail_fn = None if runs is None else runs / 'failed' / f"{_task_name(*t)}.txt"
         if err is not None:
@@ -205,7 +210,8 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
             sf = runs / 'seconds.json'
             old = json.loads(sf.read_text()) if sf.exists() else {}
             sf.write_text(json.dumps({**old, _task_name(*t): round(secs, 1)}, indent=1))
-    if workers == 1 or len(todo) <= 1:
+    if not todo: pass
+    elif workers == 1 or len(todo) == 1:
         if threads: torch.set_num_threads(threads)
         pb = progress_bar(todo, leave=True)
         for t in pb:
@@ -222,14 +228,17 @@ def run_bench(methods=('bce',), noise=('none',), seeds=(0,), n=4000, size=64, ep
             for f in progress_bar(as_completed(futs), total=len(futs), leave=True): _finish(*f.result())
         finally: ex.shutdown(wait=True, cancel_futures=True)    # on an interrupt, start nothing new
     ok = [t for t in grid if t in done]
-    if not ok: raise RuntimeError(f"all {len(grid)} runs failed; the first: {failed[grid[0]]}")
+    if not ok:
+        if report_only: raise ValueError(f"report_only: none of the {len(grid)} runs of this grid is saved in {runs}")
+        raise RuntimeError(f"all {len(grid)} runs failed; the first: {failed[grid[0]]}")
     res = pd.concat([done[t] for t in ok], ignore_index=True)
     res.attrs['seconds'] = {'|'.join(map(str, k)): (None if v is None else round(v, 1)) for k, v in times.items()}
     if out is not None:
         write_report(res, out, config={**cfg, 'seeds': list(seeds)}, groups=groups)
         (Path(out) / 'run.json').write_text(json.dumps(dict(config={**cfg, 'seeds': list(seeds)}, methods=list(methods),
                                                             noise=list(noise), workers=workers, seconds=res.attrs['seconds'],
-                                                            failed=[_task_name(*t) for t in failed]), indent=1))
+                                                            failed=[_task_name(*t) for t in failed],
+                                                            missing=[_task_name(*t) for t in missing]), indent=1))
     if failed:
         where = f"tracebacks in {runs / 'failed'}" if runs is not None else f"the first:\n{next(iter(failed.values()))}"
         raise RuntimeError(f"{len(failed)} of {len(grid)} runs failed ({', '.join(' | '.join(map(str, t)) for t in failed)}); "
@@ -254,6 +263,7 @@ def main(quick:store_true=False,        # small grid: finishes in minutes on 2 C
          threads:int=None,              # torch threads per process (default: cores / workers)
          workers:int=1,                 # processes running grid cells side by side
          resume:store_true=False,       # reuse the finished runs saved in --out (same configuration only)
+         report_only:store_true=False,  # run nothing: report the runs saved in --out so far
          list_methods:store_true=False, # list the available methods and exit
          verbose:store_true=False):     # show fastai's per-epoch tables
     "Compare methods on the phantom CXR benchmark and write a report."
@@ -269,7 +279,8 @@ def main(quick:store_true=False,        # small grid: finishes in minutes on 2 C
         if v is not None: cfg[k] = v
     t0 = time.time()
     try: res = run_bench(cfg['methods'], cfg['noise'], cfg['seeds'], n=cfg['n'], size=cfg['size'], epochs=cfg['epochs'],
-                         bs=cfg['bs'], lr=lr, arch=arch, out=out, verbose=verbose, workers=workers, threads=threads, resume=resume)
+                         bs=cfg['bs'], lr=lr, arch=arch, out=out, verbose=verbose, workers=workers, threads=threads, resume=resume,
+                         report_only=report_only)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     print(markdown_table(summary_table(res, 'clean')))
     if 'bce' in cfg['methods'] and len(cfg['methods']) > 1:
