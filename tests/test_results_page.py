@@ -6,13 +6,15 @@ import pandas as pd
 from results_page import PAGE, DATA, execute_page, text_outputs
 from execnb.nbio import read_nb
 
-def test_kept_run_is_complete():
+def test_kept_run_is_consistent():
     res = pd.read_csv(DATA / 'results.csv')
     run = json.loads((DATA / 'run.json').read_text())
     assert set(res['method']) == set(run['methods']) and 'bce' in set(res['method'])
     assert set(res['noise']) == set(run['noise']) and set(res['labels']) == {'clean', 'noisy'}
     runs = res.groupby(['method', 'noise', 'seed']).ngroups
     assert runs == len(run['seconds']), (runs, len(run['seconds']))
+    n_grid = len(run['methods']) * len(run['noise']) * len(run['config']['seeds'])
+    assert runs + len(run.get('missing', [])) + len(run.get('failed', [])) == n_grid     # every cell accounted for
 
 def test_saved_outputs_match_the_kept_run():
     saved, fresh = read_nb(PAGE), execute_page()
