@@ -19,9 +19,8 @@ from .data import test_dl
 from .learner import param_device
 
 # %% auto #0
-__all__ = ['CAM_METHODS', 'BOX_COLS', 'model_name', 'default_target_layer', 'target_layers', 'cam_method', 'class_indices',
-           'gradcam_maps', 'cam_inputs', 'gradcam_images', 'check_boxes', 'map_peaks', 'show_gradcam', 'box_hits',
-           'pointing_game']
+__all__ = ['CAM_METHODS', 'model_name', 'default_target_layer', 'target_layers', 'cam_method', 'class_indices', 'gradcam_maps',
+           'cam_inputs', 'gradcam_images', 'check_boxes', 'map_peaks', 'show_gradcam', 'box_hits', 'pointing_game']
 
 # %% ../nbs/22_gradcam.ipynb #d6671fc6
 def model_name(model:nn.Module) -> str:
@@ -194,7 +193,7 @@ def gradcam_images(learn:Learner, idxs, classes=None, dl=None, split:str='test',
     return r
 
 # %% ../nbs/22_gradcam.ipynb #7d56361b
-BOX_COLS = ['image', 'label', 'x0', 'y0', 'x1', 'y1']
+from .coarse2fine import BOX_COLS    # the phantom's box columns, defined once
 
 def check_boxes(boxes:pd.DataFrame, cols=BOX_COLS) -> pd.DataFrame:
     "Check that `boxes` has the box columns `cols`; the error names the missing ones."

@@ -25,7 +25,7 @@ from cxr_noisy_lt.noise import add_noise
 from cxr_noisy_lt.labels import clean_col
 from cxr_noisy_lt.data import cxr_dls
 from cxr_noisy_lt.learner import cxr_learner, predict_split
-from cxr_noisy_lt.metrics import per_class_auc
+from cxr_noisy_lt.metrics import per_class_auc, macro
 from cxr_noisy_lt.bench import parse_noise
 
 
@@ -36,7 +36,7 @@ class EpochProbe(Callback):
     def after_epoch(self):
         cols, ccols = list(self.classes), [clean_col(c) for c in self.classes]
         p, _, f = predict_split(self.learn, self.frame, 'test')
-        mauc = np.nanmean(per_class_auc(f[ccols].to_numpy(float), p))
+        mauc = macro(per_class_auc(f[ccols].to_numpy(float), p))
         p, _, f = predict_split(self.learn, self.frame, 'train')
         y, c = f[cols].to_numpy(float), f[ccols].to_numpy(float)
         m = lambda sel: float(p[sel].mean()) if sel.any() else float('nan')
