@@ -4,6 +4,7 @@
 
 # %% ../nbs/13_coarse2fine.ipynb #bbce9713
 from __future__ import annotations
+import copy, re
 from typing import NamedTuple
 import numpy as np
 import pandas as pd
@@ -16,13 +17,14 @@ import fastai.callback.schedule  # fit_one_cycle
 from fastai.vision.augment import AffineCoordTfm
 from fasttransform import Pipeline
 from .labels import label_space
-from .learner import MaskedBCEWithLogits
+from .learner import MaskedBCEWithLogits, param_device
 
 # %% auto #0
-__all__ = ['BOX_COLS', 'BENCH_FRAC', 'gaussian_kl', 'reparameterize', 'beta_schedule', 'check_boxes', 'cell_coverage', 'box_maps',
-           'gaze_maps', 'Annotations', 'CVOut', 'annotation_pool', 'annotated_features', 'split_point', 'lower_modules',
-           'ScaledLinear', 'CVDistillNet', 'SubsetDataset', 'CoarseStageCallback', 'FineStageCallback',
-           'fit_coarse_to_fine', 'register_phantom', 'phantom_annotations', 'bench_epochs', 'bench_method']
+__all__ = ['BOX_COLS', 'OBJECTIVES', 'CONTROLS', 'gaussian_kl', 'reparameterize', 'beta_schedule', 'check_boxes', 'cell_coverage',
+           'box_maps', 'gaze_maps', 'Annotations', 'CVOut', 'annotation_pool', 'annotated_features', 'is_norm',
+           'norm_only', 'split_point', 'lower_modules', 'lower_parameters', 'ScaledLinear', 'CVDistillNet',
+           'default_beta_max', 'cv_objective', 'SubsetDataset', 'CoarseStageCallback', 'FineStageCallback',
+           'fit_coarse_to_fine', 'register_phantom', 'phantom_annotations']
 
 # %% ../nbs/13_coarse2fine.ipynb #c43d6662
 def gaussian_kl(mu_q:torch.Tensor, logvar_q:torch.Tensor, mu_p:torch.Tensor, logvar_p:torch.Tensor) -> torch.Tensor:
@@ -175,24 +177,56 @@ def annotated_features(pooled:torch.Tensor, cover:torch.Tensor, f:torch.Tensor) 
     mean = (pooled.view(B, K, -1) * on[..., None]).sum(1) / n.clamp(min=1)
     return torch.where(n > 0, mean, f)
 
+# %% ../nbs/13_coarse2fine.ipynb #0f2229b0
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+def is_norm(m:nn.Module) -> bool:
+    "Whether `m` is a normalisation layer: batch, instance, group or layer norm, or a timm variant (`BatchNormAct2d`, `LayerNorm2d`, `RmsNorm`, ...)."
+    return isinstance(m, _NORMS) or re.search(r'Norm(\dd)?(Act)?(\dd)?$', type(m).__name__) is not None
+
+def norm_only(m:nn.Module) -> bool:
+    "Whether every parameter of `m` belongs to a normalisation layer (true for a module without parameters)."
+    normed = {id(p) for s in m.modules() if is_norm(s) for p in s.parameters()}
+    return all(id(p) in normed for p in m.parameters())
+
+def _step_back(model:nn.Module, name:str) -> str:
+    "The last sibling registered before module `name` with parameters other than a norm's (`name` if there is none)."
+    parent, _, leaf = name.rpartition('.')
+    sibs = list(model.get_submodule(parent).named_children())
+    i = [n for n, _ in sibs].index(leaf)
+    for n, m in reversed(sibs[:i]):
+        if not norm_only(m): return f"{parent}.{n}" if parent else n
+    return name
+
 def split_point(model:nn.Module, split='auto') -> str:
-    "Name of the module of `model` where the trainable top begins: `split`, or for 'auto' the last feature stage of a timm model."
+    "Name of the module of `model` where the trainable top begins: `split`, or for 'auto' the last feature stage of a timm model (the block before it if that stage is a norm alone)."
     names = dict(model.named_modules())
     if split == 'auto':
         fi = getattr(model, 'feature_info', None)
         if not fi: raise ValueError(f"split='auto' needs a timm model with feature_info; name a module of {type(model).__name__} instead")
         split = fi[-1]['module']
+        if split in names and norm_only(names[split]): split = _step_back(model, split)
     if not split or split not in names:
         raise KeyError(f"split={split!r} is not a module of {type(model).__name__}; its top-level modules are "
                        f"{[n for n, _ in model.named_children()]}")
     return split
 
+def _at_or_after(n:str, split:str) -> bool: return n == split or n.startswith(split + '.')
+
 def lower_modules(model:nn.Module, split:str) -> list:
-    "Names of the leaf modules of `model` before module `split` (in registration order): the layers stage 2 freezes."
+    "Names of every module of `model` registered before module `split` (leaves and containers, not those containing `split`): the modules stage 2 keeps in evaluation mode."
+    out = []
+    for n, _ in model.named_modules():
+        if _at_or_after(n, split): break
+        if n and not split.startswith(n + '.'): out.append(n)
+    return out
+
+def lower_parameters(model:nn.Module, split:str) -> list:
+    "Names of the parameters of `model` registered before module `split`, including those sitting directly on a module that contains it: the parameters stage 2 freezes."
     out = []
     for n, m in model.named_modules():
-        if n == split or n.startswith(split + '.'): break
-        if n and next(m.children(), None) is None: out.append(n)
+        if _at_or_after(n, split): break
+        out += [f"{n}.{k}" if n else k for k, _ in m.named_parameters(recurse=False)]
     return out
 
 # %% ../nbs/13_coarse2fine.ipynb #f0024cb1
@@ -208,7 +242,7 @@ class ScaledLinear(nn.Linear):
 class CVDistillNet(nn.Module):
     "Conditional-variational distillation on top of a trained timm `model`: prior p(z|x), posterior q(z|x,a), shared decoder; predicts d(mu_p)."
     def __init__(self, model:nn.Module, n_annot:int=1, split='auto', latent:int=None, init_logvar:float=-4.,
-                 logvar_range=(-10., 5.), q_base:str='global', gain_p:float=1., gain_q:float=8.):
+                 logvar_range=(-10., 5.), q_base:str='global', gain_p:float=1., gain_q:float=8., keep_stage1:bool=True):
         super().__init__()
         for a in ('forward_features', 'forward_head'):
             if not hasattr(model, a):
@@ -217,6 +251,7 @@ class CVDistillNet(nn.Module):
         self.model, self.n_annot, self.logvar_range, self.q_base = model, int(n_annot), logvar_range, q_base
         self.split = split_point(model, split)
         self.lower = lower_modules(model, self.split)
+        self.lower_params = lower_parameters(model, self.split)
         nf = model.num_features
         clf = model.get_classifier()
         n_out = clf.out_features if isinstance(clf, nn.Linear) else model.num_classes
@@ -232,18 +267,30 @@ class CVDistillNet(nn.Module):
                 lin.weight[D:].zero_(); lin.bias[D:].fill_(init_logvar)
             if self.residual and isinstance(clf, nn.Linear):
                 self.decoder.weight.copy_(clf.weight); self.decoder.bias.copy_(clf.bias)
+        # the stage-1 network as it is now, outside the module tree (no optimiser, no state_dict entry)
+        object.__setattr__(self, '_stage1', copy.deepcopy(model).requires_grad_(False).eval() if keep_stage1 else None)
         p = next(model.parameters(), None)
         if p is not None: self.to(p.device)
         self.frozen, self._grad = False, None
 
-    def _frozen_modules(self):
-        return [self.model.get_submodule(n) for n in self.lower] + [self.model.get_classifier()]
+    def stage1_model(self) -> nn.Module:
+        "The network as stage 1 left it (a frozen copy taken when this `CVDistillNet` was built), in evaluation mode, on this network's device."
+        if self._stage1 is None: raise ValueError("stage1_model: this CVDistillNet was built with keep_stage1=False")
+        return self._stage1.to(param_device(self)).eval()
+
+    def _frozen_params(self) -> list:
+        ps = {id(p): p for p in map(self.model.get_parameter, self.lower_params)}
+        ps.update({id(p): p for p in self.model.get_classifier().parameters()})
+        return list(ps.values())
+
+    def _frozen_modules(self) -> list:
+        return [self.model.get_submodule(n) for n in self.lower] + list(self.model.get_classifier().modules())
 
     def freeze(self) -> 'CVDistillNet':
-        "Freeze the layers below the split (weights and batch-norm statistics) and the stage-1 classifier."
+        "Freeze every parameter below the split and the stage-1 classifier; the modules below the split stay in evaluation mode."
         if not self.frozen:
             self._grad = {n: p.requires_grad for n, p in self.named_parameters()}
-            for m in self._frozen_modules(): m.requires_grad_(False)
+            for p in self._frozen_params(): p.requires_grad_(False)
             self.frozen = True
         return self.train(self.training)
 
@@ -257,7 +304,7 @@ class CVDistillNet(nn.Module):
     def train(self, mode:bool=True):
         super().train(mode)
         if getattr(self, 'frozen', False):
-            for m in self._frozen_modules(): m.eval()
+            for m in self._frozen_modules(): m.training = False
         return self
 
     def features(self, x):
@@ -287,6 +334,32 @@ class CVDistillNet(nn.Module):
         if a is None: return logits_p
         mu_q, lv_q = self.posterior_dist(fmap, f, a)
         return CVOut(logits_p, self.decoder(reparameterize(mu_q, lv_q)), mu_p, lv_p, mu_q, lv_q)
+
+# %% ../nbs/13_coarse2fine.ipynb #95363065
+OBJECTIVES = ('cvi', 'joint')
+
+def _check_objective(objective):
+    if objective not in OBJECTIVES: raise ValueError(f"objective={objective!r}: use one of {OBJECTIVES}")
+
+def default_beta_max(objective:str, n_classes:int) -> float:
+    "Peak KL weight: 1 / `n_classes` for 'cvi' (the ELBO with the BCE averaged over labels), 0.01 for 'joint'."
+    _check_objective(objective)
+    return 1. / n_classes if objective == 'cvi' else 1e-2
+
+def cv_objective(out:CVOut, yb, beta:float, objective:str='cvi', loss_func=None) -> tuple:
+    "(loss, parts) of a stage-2 output: 'cvi' BCE(d(z_q), y) + beta KL(q||p); 'joint' adds BCE(d(z_p), y). `yb`: the target or (target, *extra)."
+    _check_objective(objective)
+    lf = ifnone(loss_func, MaskedBCEWithLogits())
+    yb = tuple(yb) if isinstance(yb, (tuple, list)) else (yb,)
+    loss_q = lf(out.logits_q, *yb)
+    kl = gaussian_kl(out.mu_q, out.logvar_q, out.mu_p, out.logvar_p).mean()
+    if objective == 'cvi':
+        with torch.no_grad(): loss_p = lf(out.logits_p.detach(), *yb)     # monitored, not trained
+        loss = loss_q + beta * kl
+    else:
+        loss_p = lf(out.logits_p, *yb)
+        loss = loss_p + loss_q + beta * kl
+    return loss, dict(loss_p=loss_p.item(), loss_q=loss_q.item(), kl=kl.item())
 
 # %% ../nbs/13_coarse2fine.ipynb #df560896
 def _new_opt(learn):
@@ -327,6 +400,8 @@ class CoarseStageCallback(Callback):
             learn.loss_func, self._old_loss = loss, None
     def after_fit(self): self.restore()
 
+CONTROLS = (None, 'empty')
+
 class FineStageCallback(Callback):
     "Stage 2: conditional-variational distillation of `annotations` into the top of the network, on the annotated subset."
     def __init__(self,
@@ -334,29 +409,33 @@ class FineStageCallback(Callback):
         frac:float=0.1,           # size of the subset as a fraction of the training set (None: all annotated images)
         subset=None,              # explicit positions in dls.train_ds (overrides frac)
         seed:int=0,               # draw of the subset
-        split='auto',             # module where the trainable top begins ('auto': the last timm feature stage)
+        split='auto',             # module where the trainable top begins ('auto': see split_point)
         latent:int=None,          # latent size (None: the feature size, residual heads)
-        beta_max:float=1e-2,      # maximum KL weight
+        objective:str='cvi',      # 'cvi': BCE(posterior sample) + beta KL; 'joint': + BCE(prior sample) (see cv_objective)
+        beta_max:float=None,      # maximum KL weight (None: default_beta_max, 1 / n_classes for 'cvi')
         schedule:str='cyclical',  # 'cyclical', 'linear' or 'constant' (see beta_schedule)
         n_cycles:int=4, ratio:float=0.5,
-        loss_func=None,           # stage-2 loss for both branches (default: MaskedBCEWithLogits())
+        loss_func=None,           # stage-2 loss of the decoded samples (default: MaskedBCEWithLogits())
         init_logvar:float=-4.,    # initial log-variance of both branches
         geometric_aug:bool=False, # keep the rotations/shifts/zooms (maps are not moved with the image)
         bs:int=16,                # stage-2 batch size (None: the training DataLoader's)
         q_base:str='global',      # residual base of the posterior mean: 'global' pool or 'annotated' (attention-pooled)
         gain_p:float=1., gain_q:float=8.,  # step-size multipliers of the prior and posterior heads (see ScaledLinear)
+        control:str=None,         # 'empty': the same subset with every map zero (the control without annotations)
     ):
         store = dict(annotations=annotations, frac=frac, subset=subset, seed=seed, split=split, latent=latent,
-                     beta_max=beta_max, schedule=schedule, n_cycles=n_cycles, ratio=ratio, loss_func=loss_func,
-                     init_logvar=init_logvar, geometric_aug=geometric_aug, bs=bs, q_base=q_base,
-                     gain_p=gain_p, gain_q=gain_q)
+                     objective=objective, beta_max=beta_max, schedule=schedule, n_cycles=n_cycles, ratio=ratio,
+                     loss_func=loss_func, init_logvar=init_logvar, geometric_aug=geometric_aug, bs=bs, q_base=q_base,
+                     gain_p=gain_p, gain_q=gain_q, control=control)
         for k, v in store.items(): setattr(self, k, v)
-        beta_schedule(0., beta_max, schedule, n_cycles, ratio)        # check the schedule early
+        _check_objective(objective)
+        if control not in CONTROLS: raise ValueError(f"control={control!r}: use None or 'empty'")
+        beta_schedule(0., ifnone(beta_max, 1.), schedule, n_cycles, ratio)        # check the schedule early
         if frac is not None and not 0 < frac <= 1: raise ValueError(f"frac={frac!r}: expected a fraction in (0, 1] or None")
-        self.history, self.positions, self.maps, self._saved, self._out, self.beta = [], None, None, None, None, 0.
+        self.history, self.positions, self.maps, self._saved, self._out, self.beta, self.beta_peak = [], None, None, None, None, 0., None
 
     def select(self, ds) -> tuple:
-        "(positions in `ds` of the stage-2 subset, their maps [n, K, r, r])."
+        "(positions in `ds` of the stage-2 subset, their maps [n, K, r, r]; zeros with control='empty')."
         ann, n = self.annotations, len(ds)
         if isinstance(ann, Annotations): has, full = ann.available(ds.frame), None
         else:
@@ -375,6 +454,7 @@ class FineStageCallback(Callback):
             k = len(cand) if self.frac is None else min(len(cand), max(1, int(round(self.frac * n))))
             pos = np.sort(np.random.default_rng(self.seed).choice(cand, k, replace=False))
         maps = ann.maps(ds.frame.iloc[pos]) if full is None else full[pos]
+        if self.control == 'empty': maps = torch.zeros_like(maps)
         return pos, maps
 
     def _subset_dl(self, dl, pos):
@@ -397,6 +477,7 @@ class FineStageCallback(Callback):
         elif net.n_annot != maps.shape[1]:
             raise ValueError(f"FineStageCallback: the learner's CVDistillNet takes {net.n_annot} annotation channel(s), "
                              f"the annotations have {maps.shape[1]}")
+        self.beta_peak = float(ifnone(self.beta_max, default_beta_max(self.objective, net.decoder.out_features)))
         dev = next(net.parameters()).device
         self.maps = maps.to(dev)
         self._saved = dict(learn=learn, train=train, loss=learn.loss_func)   # keep `learn`: fastai detaches the callback on errors
@@ -414,23 +495,20 @@ class FineStageCallback(Callback):
         idx = self.learn.yb[1]
         x = self.learn.xb[0]
         self.learn.xb = (x, self.maps[idx.to(self.maps.device)].to(x.device))
-        self.beta = beta_schedule(self.learn.pct_train, self.beta_max, self.schedule, self.n_cycles, self.ratio)
+        self.beta = beta_schedule(self.learn.pct_train, self.beta_peak, self.schedule, self.n_cycles, self.ratio)
 
     def after_pred(self):
         if self.training and isinstance(self.learn.pred, CVOut):
             self._out = self.learn.pred
-            self.learn.pred = self._out.logits_p
+            self.learn.pred = self._out.logits_q if self.objective == 'cvi' else self._out.logits_p
 
     def after_loss(self):
         o, self._out = self._out, None
         if not self.training or o is None: return
-        loss_p = self.learn.loss_grad
-        loss_q = self.learn.loss_func(o.logits_q, *self.learn.yb)
-        kl = gaussian_kl(o.mu_q, o.logvar_q, o.mu_p, o.logvar_p).mean()
-        self.learn.loss_grad = loss_p + loss_q + self.beta * kl
-        self.learn.loss = self.learn.loss_grad.detach().clone()
-        self.history.append(dict(iter=self.learn.train_iter, beta=self.beta, loss_p=loss_p.item(), loss_q=loss_q.item(),
-                                 kl=kl.item()))
+        loss, parts = cv_objective(o, self.learn.yb, self.beta, self.objective, self.learn.loss_func)
+        self.learn.loss_grad = loss
+        self.learn.loss = loss.detach().clone()
+        self.history.append(dict(iter=self.learn.train_iter, beta=self.beta, **parts))
 
     def restore(self):
         "Put back what `before_fit` swapped (training DataLoader, loss, trainability); called by `after_fit`."
@@ -446,10 +524,11 @@ class FineStageCallback(Callback):
 
 # %% ../nbs/13_coarse2fine.ipynb #6cabea76
 def fit_coarse_to_fine(learn, stage1_epochs:int=4, stage2_epochs:int=10, lr:float=2e-3, lr2:float=None,
-                       annotations=None, frac:float=0.1, loss1=None, **kwargs) -> FineStageCallback:
-    "Stage 1 (whole network, all images, global labels) then stage 2 (`FineStageCallback(annotations, frac, **kwargs)`)."
+                       annotations=None, frac:float=0.1, loss1=None, objective:str='cvi', control:str=None,
+                       **kwargs) -> FineStageCallback:
+    "Stage 1 (whole network, all images, global labels) then stage 2 (`FineStageCallback(annotations, frac, objective=, control=, **kwargs)`)."
     if annotations is None: annotations = phantom_annotations(learn.dls)
-    fine = FineStageCallback(annotations, frac=frac, **kwargs)
+    fine = FineStageCallback(annotations, frac=frac, objective=objective, control=control, **kwargs)
     if stage1_epochs:
         coarse = CoarseStageCallback(loss1)
         try: learn.fit_one_cycle(stage1_epochs, lr, cbs=coarse)
@@ -500,25 +579,3 @@ def phantom_annotations(dls_or_frame, size:int=None, seed:int=0, **kwargs) -> An
         raise ValueError(f"phantom_annotations: the labels frame is not that of make_phantom(n={n}, size={size}, seed={seed}); "
                          f"call register_phantom(ph) with its phantom first, or pass annotations= explicitly")
     return Annotations.from_phantom(ph, **kwargs)
-
-# %% ../nbs/13_coarse2fine.ipynb #3e10bbe2
-BENCH_FRAC = 0.1
-
-def bench_epochs(epochs:int, frac:float=BENCH_FRAC) -> tuple:
-    "(stage-1 epochs, stage-2 passes over the subset) for a budget of `epochs`: epochs - 1 (at least 1) and round(1 / frac)."
-    if epochs < 1: raise ValueError(f"epochs={epochs!r}: expected at least 1")
-    return max(1, int(epochs) - 1), max(1, int(round(1 / frac)))
-
-def _bench_learner(dls, arch='resnet18', **kwargs):
-    from cxr_noisy_lt.learner import cxr_learner
-    return cxr_learner(dls, arch=arch, **kwargs)
-
-def _bench_fit(learn, epochs, lr):
-    e1, e2 = bench_epochs(epochs)
-    fit_coarse_to_fine(learn, e1, e2, lr, annotations=phantom_annotations(learn.dls), frac=BENCH_FRAC)
-
-def bench_method():
-    "The `coarse2fine` method of `cxr_bench`: stage 1 on all images, stage 2 on 10% of them with boxes and gaze."
-    from cxr_noisy_lt.bench import Method
-    return Method('coarse2fine', _bench_learner, fit=_bench_fit, eval_model=None,
-                  description='coarse-to-fine: BCE, then CV distillation of boxes+gaze on 10% of images (van Sonsbeek 2023)')

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
+from timm.models import register_model, build_model_with_cfg
+from timm.models.resnet import ResNet, BasicBlock
 from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.callback.core import Callback
@@ -22,9 +24,9 @@ import fastai.callback.schedule  # fit_one_cycle, lr_find
 from .data import cxr_dls, test_dl, CXRDataLoader
 
 # %% auto #0
-__all__ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'predict_split', 'param_device',
-           'add_to_opt', 'remove_from_opt', 'ModelStateCallback', 'train_only_keys', 'classifier_of', 'feature_size',
-           'HeadInput']
+__all__ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'narrow_resnet10', 'predict_split',
+           'param_device', 'add_to_opt', 'remove_from_opt', 'ModelStateCallback', 'train_only_keys', 'classifier_of',
+           'feature_size', 'HeadInput']
 
 # %% ../nbs/05_learner.ipynb #71739362
 def label_mask(target:torch.Tensor):
@@ -117,6 +119,20 @@ def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False
                     metrics=metrics, cbs=cbs, **kwargs)
     learn.arch = arch if isinstance(arch, str) else type(arch).__name__
     return learn
+
+# %% ../nbs/05_learner.ipynb #7b2421c5
+_NARROW_CFG = dict(architecture='narrow_resnet10', num_classes=14, input_size=(1, 64, 64), mean=(0.5,), std=(0.25,),
+                   first_conv='conv1', classifier='fc', pool_size=(2, 2), crop_pct=1.0, interpolation='bilinear')
+
+def narrow_resnet10(pretrained:bool=False, **kwargs) -> nn.Module:
+    "timm's `ResNet` with one `BasicBlock` per stage, channels (16, 32, 64, 128) and a 16-channel stem (kwargs override)."
+    if pretrained: raise ValueError("narrow_resnet10 has no pretrained weights; use pretrained=False")
+    kwargs.pop('pretrained_cfg_overlay', None)
+    cfg = kwargs.pop('pretrained_cfg', None) or dict(_NARROW_CFG)
+    args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16) | kwargs
+    return build_model_with_cfg(ResNet, 'narrow_resnet10', False, pretrained_cfg=cfg, **args)
+
+if not timm.models.is_model('narrow_resnet10'): register_model(narrow_resnet10)
 
 # %% ../nbs/05_learner.ipynb #e0122861
 def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, model:nn.Module=None, bs:int=None):

@@ -9,17 +9,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import ifnone
 from fastcore.foundation import L
+from fasttransform import Pipeline
 from fastai.callback.core import CancelValidException
+from fastai.data.transforms import Normalize
+from fastai.vision.augment import RandomErasing
 from fastai.torch_core import to_device
 import fastai.callback.schedule  # fit_one_cycle
 from .learner import ModelStateCallback, classifier_of, HeadInput, add_to_opt
+from .data import cxr_aug_transforms
 _all_ = ['classifier_of', 'HeadInput']   # defined in cxr_noisy_lt.learner, importable from here too
 
 # %% auto #0
-__all__ = ['AUX_KEY', 'CONTRASTIVE_LOSSES', 'AuxModules', 'aux_modules', 'strip_aux', 'group_index', 'GroupAttention',
-           'mix_groups', 'AttentionMixupCallback', 'ProjectionHead', 'nt_xent', 'supcon_weights', 'multilabel_supcon',
-           'augmented_view', 'ContrastiveCallback', 'contrastive_pretrain', 'attmix_learner', 'pretrain_then_fit',
-           'bench_method', 'simclr_attmix_bench_method', 'classifier_of', 'HeadInput']
+__all__ = ['AUX_KEY', 'LABEL_MIXES', 'CONTRASTIVE_LOSSES', 'AuxModules', 'aux_modules', 'strip_aux', 'group_index',
+           'GroupAttention', 'mix_features', 'mix_labels', 'mix_groups', 'group_mix_loss', 'AttentionMixupCallback',
+           'ProjectionHead', 'nt_xent', 'supcon_weights', 'multilabel_supcon', 'strong_view_tfms', 'augmented_view',
+           'ContrastiveCallback', 'contrastive_pretrain', 'attmix_learner', 'pretrain_then_fit',
+           'joint_contrastive_attmix_learner', 'classifier_of', 'HeadInput']
 
 # %% ../nbs/12_mixup.ipynb #9fe984e7
 AUX_KEY = 'train_aux'   # name of the container of training-only modules on the model
@@ -111,30 +116,50 @@ class GroupAttention(nn.Module):
 
     def extra_repr(self): return f"g={self.g}, member_term={self.member is not None}"
 
-def mix_groups(f:torch.Tensor, y:torch.Tensor, w:torch.Tensor, groups:torch.Tensor):
-    "(f_mix [G, d], y_mix [G, C]): the members' features and targets weighted by `w` [G, g]; y_mix is NaN where a member's label is."
-    wk = w.unsqueeze(-1)
-    f_mix = (wk * f[groups]).sum(1)
+LABEL_MIXES = ('mean', 'attention')
+
+def mix_features(f:torch.Tensor, w:torch.Tensor, groups:torch.Tensor) -> torch.Tensor:
+    "f_mix [G, d]: the members' features (rows of `f` indexed by `groups` [G, g]) weighted by `w` [G, g]."
+    return (w.unsqueeze(-1) * f[groups]).sum(1)
+
+def mix_labels(y:torch.Tensor, w:torch.Tensor, groups:torch.Tensor) -> torch.Tensor:
+    "y_mix [G, C]: the members' targets weighted by `w` [G, g]; NaN where any member's label is NaN."
     yg = y[groups].to(w.dtype)
     known = ~torch.isnan(yg)
-    y_mix = (wk * torch.where(known, yg, torch.zeros_like(yg))).sum(1)
-    return f_mix, torch.where(known.all(1), y_mix, torch.full_like(y_mix, float('nan')))
+    y_mix = (w.unsqueeze(-1) * torch.where(known, yg, torch.zeros_like(yg))).sum(1)
+    return torch.where(known.all(1), y_mix, torch.full_like(y_mix, float('nan')))
+
+def mix_groups(f:torch.Tensor, y:torch.Tensor, w:torch.Tensor, groups:torch.Tensor):
+    "(f_mix [G, d], y_mix [G, C]): `mix_features` and `mix_labels` with the same weights."
+    return mix_features(f, w, groups), mix_labels(y, w, groups)
+
+def group_mix_loss(loss_func, z_mix:torch.Tensor, y:torch.Tensor, w:torch.Tensor, groups:torch.Tensor,
+                   label_mix:str='mean') -> torch.Tensor:
+    "Loss of the mixed logits `z_mix` [G, C]: 'mean', (1/g) sum_k loss_func(z_mix, y_k), each member's own labels; 'attention', loss_func(z_mix, sum_k w_k y_k)."
+    if label_mix == 'mean':
+        g = groups.shape[1]
+        return sum(loss_func(z_mix, y[groups[:, k]]) for k in range(g)) / g
+    if label_mix == 'attention': return loss_func(z_mix, mix_labels(y, w, groups))
+    raise ValueError(f"label_mix={label_mix!r}: use one of {LABEL_MIXES}")
 
 # %% ../nbs/12_mixup.ipynb #b973070e
 class AttentionMixupCallback(_AuxCallback):
-    "Intra-group attention mixup: loss = mix_weight * loss(head(f_mix), y_mix) + plain_weight * loss(head(f), y)."
+    "Intra-group attention mixup: loss = mix_weight * (loss of head(f_mix) on the group's labels) + plain_weight * loss(head(f), y)."
     order, aux_name = 5, 'attention'
     def __init__(self,
         g:int=2,                  # group size
         mix_weight:float=1.5,     # weight of the loss on the mixed features
         plain_weight:float=0.5,   # weight of the loss on the plain features
         hidden:int=128,           # width of the attention's hidden layer
-        member_term:bool=True,    # per-member score a^T e_k (False: the literal, position-based form)
+        member_term:bool=True,    # per-member score a^T e_k (False: the shared-embedding form without it)
         head=None,                # classifier layer (module or name); default timm's get_classifier() / last nn.Linear
+        label_mix:str='mean',     # 'mean': head(f_mix) against each member's own labels, weight 1/g; 'attention': against sum_k w_k y_k
     ):
         super().__init__()
         if g < 2: raise ValueError(f"AttentionMixupCallback: group size g={g}: a group needs at least 2 members")
+        if label_mix not in LABEL_MIXES: raise ValueError(f"AttentionMixupCallback: label_mix={label_mix!r}, use one of {LABEL_MIXES}")
         self.g, self.mix_weight, self.plain_weight, self.hidden, self.member_term, self.head = g, mix_weight, plain_weight, hidden, member_term, head
+        self.label_mix = label_mix
         self._hook, self._mix, self._old_lf, self.last_weights, self.last_losses = None, None, None, None, None
 
     @property
@@ -161,8 +186,7 @@ class AttentionMixupCallback(_AuxCallback):
         groups = group_index(len(y), self.g).to(f.device)
         if len(groups) == 0: self._mix = None; return
         w = self.attention(f[groups])
-        f_mix, y_mix = mix_groups(f, y, w, groups)
-        self._mix = (self._hook.head(f_mix), y_mix)
+        self._mix = (self._hook.head(mix_features(f, w, groups)), y, w, groups)
         self.last_weights = w.detach()
 
     def loss(self, pred, *yb):
@@ -171,7 +195,7 @@ class AttentionMixupCallback(_AuxCallback):
         if self._mix is None:
             self.last_losses = dict(plain=plain.detach(), mixed=None)
             return self.plain_weight * plain
-        mixed = self._old_lf(*self._mix)
+        mixed = group_mix_loss(self._old_lf, *self._mix, label_mix=self.label_mix)
         self._mix = None
         self.last_losses = dict(plain=plain.detach(), mixed=mixed.detach())
         return self.mix_weight * mixed + self.plain_weight * plain
@@ -230,11 +254,21 @@ def multilabel_supcon(z1:torch.Tensor, z2:torch.Tensor, labels:torch.Tensor, tem
     return (-(w * lp).sum(1) / w.sum(1)).mean()
 
 # %% ../nbs/12_mixup.ipynb #db8e162b
-def augmented_view(dl, idx:torch.Tensor, device=None):
-    "A fresh augmented copy of the items at positions `idx` of `dl`'s dataset: read again and passed through `dl`'s batch transforms."
+def strong_view_tfms(max_rotate:float=15., max_shift:float=0.1, min_scale:float=1., max_scale:float=1.4,
+                     max_lighting:float=0.4, p_erase:float=0.5, erase_area=(0.02, 0.15)) -> list:
+    "Strong batch augmentation for a contrastive view of a 1-channel CXR: rotation, shift, zoom-in crop and brightness/contrast on every image, one random-erasing block with probability `p_erase`; no flip."
+    tfms = list(cxr_aug_transforms(max_rotate=max_rotate, max_shift=max_shift, min_scale=min_scale, max_scale=max_scale,
+                                   max_lighting=max_lighting, p_affine=1., p_lighting=1.))
+    if p_erase: tfms.append(RandomErasing(p=p_erase, sl=erase_area[0], sh=erase_area[1], max_count=1))
+    return tfms
+
+def augmented_view(dl, idx:torch.Tensor, device=None, tfms=None):
+    "A fresh augmented copy of the items at positions `idx` of `dl`'s dataset: read again and passed through `dl`'s batch transforms, or through `tfms` and then `dl`'s normalisation."
     b = dl.do_batch([dl.do_item(int(i)) for i in idx.tolist()])
     b = to_device(b, ifnone(device, getattr(dl, 'device', None)))
-    return dl.after_batch(b)[0]
+    if tfms is None: return dl.after_batch(b)[0]
+    norm = [t for t in dl.after_batch.fs if isinstance(t, Normalize)]
+    return Pipeline(list(tfms) + norm, split_idx=0)(b)[0]
 
 CONTRASTIVE_LOSSES = ('simclr', 'supcon')
 
@@ -250,12 +284,14 @@ class ContrastiveCallback(_AuxCallback):
         hidden:int=None,          # projection hidden width (default: the feature size)
         head=None,                # classifier layer (module or name) whose input is the pooled feature
         valid:bool=None,          # run validation (default: not with `only`)
+        view_tfms=None,           # batch augmentation of the second view, e.g. `strong_view_tfms()` (default: the training loader's own)
     ):
         super().__init__()
         if loss not in CONTRASTIVE_LOSSES: raise ValueError(f"ContrastiveCallback: loss={loss!r}, use one of {CONTRASTIVE_LOSSES}")
         if temperature <= 0: raise ValueError(f"ContrastiveCallback: temperature={temperature} must be positive")
         self.weight, self.temperature, self.loss, self.only = weight, temperature, loss, only
         self.out_dim, self.hidden, self.head, self.valid = out_dim, hidden, head, ifnone(valid, not only)
+        self.view_tfms = None if view_tfms is None else list(L(view_tfms))
         self._hook, self._n, self._c, self.last_loss = None, None, None, None
 
     @property
@@ -276,7 +312,7 @@ class ContrastiveCallback(_AuxCallback):
             raise ValueError("ContrastiveCallback needs batches (image, target, idx) with dls.n_inp == 1, so that the second "
                              f"view can be read by item index; got {len(self.learn.yb)} target element(s)")
         x = self.learn.xb[0]
-        x2 = augmented_view(self.learn.dl, self.learn.yb[1], device=x.device)
+        x2 = augmented_view(self.learn.dl, self.learn.yb[1], device=x.device, tfms=self.view_tfms)
         self._n = len(x)
         self.learn.xb = (torch.cat([x, x2.to(x.dtype)]),)
         self._hook.arm()
@@ -314,13 +350,18 @@ def pretrain_then_fit(learn, epochs:int, lr:float, pretrain_frac:float=0.25, tem
     contrastive_pretrain(learn, n_pre, lr, temperature=temperature)
     learn.fit_one_cycle(epochs - n_pre, lr, reset_opt=True)
 
-def bench_method():
-    "The benchmark's `attmix`: intra-group attention mixup (g=2, loss 1.5 mixed + 0.5 plain masked BCE)."
-    from cxr_noisy_lt.bench import Method
-    return Method('attmix', attmix_learner, description='intra-group attention mixup, g=2, 1.5 mixed + 0.5 plain BCE')
 
-def simclr_attmix_bench_method():
-    "NT-Xent pre-training (a quarter of the epochs), then intra-group attention mixup."
-    from cxr_noisy_lt.bench import Method
-    return Method('simclr+attmix', attmix_learner, fit=pretrain_then_fit,
-                  description='NT-Xent pre-training (1/4 of the epochs), then attention mixup')
+# %% ../nbs/12_mixup.ipynb #84e1d402
+def joint_contrastive_attmix_learner(dls, arch='resnet18',
+        contrastive_weight:float=0.1,    # lambda: weight of the contrastive loss
+        temperature:float=0.2,           # tau of the contrastive loss
+        contrastive_loss:str='simclr',   # 'simclr' (NT-Xent) or 'supcon' (multi-label supervised)
+        view_tfms=None,                  # augmentation of the second view (default: `strong_view_tfms()`)
+        g:int=2, mix_weight:float=1.5, plain_weight:float=0.5, label_mix:str='mean',   # attention mixup
+        cbs=None, **kwargs):
+    "`cxr_learner` trained jointly with intra-group attention mixup and a contrastive auxiliary loss on a strongly augmented second view."
+    from cxr_noisy_lt.learner import cxr_learner
+    am = AttentionMixupCallback(g, mix_weight, plain_weight, label_mix=label_mix)
+    cc = ContrastiveCallback(weight=contrastive_weight, temperature=temperature, loss=contrastive_loss,
+                             view_tfms=ifnone(view_tfms, strong_view_tfms()))
+    return cxr_learner(dls, arch=arch, cbs=[am, cc] + list(L(cbs)), **kwargs)

@@ -13,7 +13,7 @@ from .learner import ModelStateCallback, remove_from_opt
 
 # %% auto #0
 __all__ = ['NVUM_KEY', 'nvum_prior', 'NVUMMemory', 'nvum_regularizer', 'masked_mean', 'EMATeacher', 'NVUMState', 'nvum_state',
-           'strip_nvum', 'train_labels', 'NVUMCallback', 'bench_method', 'nvum_ral_bench_method']
+           'strip_nvum', 'train_labels', 'NVUMCallback']
 
 # %% ../nbs/10_nvum.ipynb #3bab50ae
 def nvum_prior(labels, no_finding_col:int|None=None) -> np.ndarray:
@@ -275,21 +275,3 @@ class NVUMCallback(ModelStateCallback):
     def after_fit(self):
         self.after_validate()
         if self._old_loss is not None: self.learn.loss_func, self._old_loss = self._old_loss, None
-
-# %% ../nbs/10_nvum.ipynb #f73f3a06
-def bench_method():
-    "NVUM for `cxr_bench`: BCE + the memory regulariser, evaluated with the EMA teacher."
-    from cxr_noisy_lt.bench import Method
-    from cxr_noisy_lt.learner import cxr_learner
-    return Method('nvum', lambda dls, arch='resnet18', **kw: cxr_learner(dls, arch=arch, cbs=NVUMCallback(), **kw),
-                  eval_model=lambda learn: learn.nvum.teacher, description='NVUM (Liu et al. 2022), EMA teacher scored')
-
-def nvum_ral_bench_method():
-    "NVUM on top of the Robust Asymmetric Loss, for `cxr_bench`."
-    from cxr_noisy_lt.bench import Method
-    from cxr_noisy_lt.learner import cxr_learner
-    from cxr_noisy_lt.ral import RobustAsymmetricLoss
-    def make(dls, arch='resnet18', **kw):
-        return cxr_learner(dls, arch=arch, cbs=NVUMCallback(base_loss=RobustAsymmetricLoss(reduction='mean')), **kw)
-    return Method('nvum+ral', make, eval_model=lambda learn: learn.nvum.teacher,
-                  description='NVUM with RAL as the base loss, EMA teacher scored')

@@ -12,8 +12,7 @@ from torchvision.ops import sigmoid_focal_loss
 from .learner import label_mask, masked_reduce
 
 # %% auto #0
-__all__ = ['MaskedMultiLabelLoss', 'RobustAsymmetricLoss', 'AsymmetricLoss', 'FocalLossMultiLabel', 'bench_method',
-           'asl_bench_method', 'focal_bench_method']
+__all__ = ['MaskedMultiLabelLoss', 'RobustAsymmetricLoss', 'AsymmetricLoss', 'FocalLossMultiLabel']
 
 # %% ../nbs/11_ral.ipynb #b4b2af44
 _REDUCTIONS = ('sum', 'mean', 'none')
@@ -120,22 +119,3 @@ class FocalLossMultiLabel(MaskedMultiLabelLoss):
         return loss * (a * y + (1 - a) * (1 - y))
 
     def __repr__(self): return f"FocalLossMultiLabel(gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r})"
-
-# %% ../nbs/11_ral.ipynb #160616d4
-def _loss_method(name, loss, description):
-    from cxr_noisy_lt.bench import Method
-    from cxr_noisy_lt.learner import cxr_learner
-    return Method(name, lambda dls, arch='resnet18', **kw: cxr_learner(dls, arch=arch, loss_func=loss(), **kw),
-                  description=description)
-
-def bench_method():
-    "RAL for `cxr_bench` (mean reduction)."
-    return _loss_method('ral', lambda: RobustAsymmetricLoss(reduction='mean'), 'Robust Asymmetric Loss (Park et al. 2023)')
-
-def asl_bench_method():
-    "ASL baseline for `cxr_bench` (mean reduction)."
-    return _loss_method('asl', lambda: AsymmetricLoss(reduction='mean'), 'Asymmetric Loss baseline (gamma_neg=4, gamma_pos=1, clip=0.05)')
-
-def focal_bench_method():
-    "Focal loss baseline for `cxr_bench`."
-    return _loss_method('focal', lambda: FocalLossMultiLabel(), 'focal loss baseline (gamma=2)')

@@ -11,9 +11,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'check_results', 'run_means', 'summarize', 'fmt_pm', 'markdown_table', 'summary_table',
-           'paired_deltas', 'delta_table', 'plot_per_class', 'noise_rate', 'plot_noise_curve', 'plot_deltas',
-           'write_report']
+__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'CURVE_COLS', 'check_results', 'selected', 'run_means', 'summarize',
+           'fmt_pm', 'markdown_table', 'summary_table', 'paired_deltas', 'delta_table', 'plot_per_class', 'noise_rate',
+           'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
 
 # %% ../nbs/21_report.ipynb #8420710c
 RESULT_COLS = ['method', 'noise', 'seed', 'labels', 'class', 'group', 'n_train_pos', 'n_test_pos', 'auc', 'ap']
@@ -26,9 +26,18 @@ def check_results(results:pd.DataFrame) -> pd.DataFrame:
     return results
 
 # %% ../nbs/21_report.ipynb #050beee1
-def run_means(results:pd.DataFrame) -> pd.DataFrame:
+SELECTS = ('best', 'last')
+
+def selected(results:pd.DataFrame, select:str='best') -> pd.DataFrame:
+    "The rows of one model selection: 'best' (the epoch of best noisy-validation mAUC) or 'last'; results without a `select` column pass as they are."
+    if 'select' not in results.columns: return results
+    if select not in set(results['select']):
+        raise ValueError(f"no results for select={select!r}; the results have {sorted(set(results['select']))}")
+    return results[results['select'] == select]
+
+def run_means(results:pd.DataFrame, select:str='best') -> pd.DataFrame:
     "One row per run (method, noise, seed, labels): macro and head/medium/tail means of AUC and AP."
-    check_results(results)
+    results = selected(check_results(results), select)
     keys = ['method', 'noise', 'seed', 'labels']
     out = results.groupby(keys, sort=False)[['auc', 'ap']].mean().rename(columns={'auc': 'mAUC', 'ap': 'mAP'})
     for g in ['head', 'medium', 'tail']:
@@ -36,9 +45,9 @@ def run_means(results:pd.DataFrame) -> pd.DataFrame:
         out[f'{g}_AUC'], out[f'{g}_AP'] = sub['auc'], sub['ap']
     return out.reset_index()
 
-def summarize(results:pd.DataFrame, labels='clean') -> pd.DataFrame:
+def summarize(results:pd.DataFrame, labels='clean', select:str='best') -> pd.DataFrame:
     "Mean and std over seeds of each run-level figure, one row per (method, noise), for test `labels`."
-    rm = run_means(results)
+    rm = run_means(results, select)
     rm = rm[rm['labels'] == labels] if labels in set(rm['labels']) else rm
     figs = [c for c in rm.columns if c not in ('method', 'noise', 'seed', 'labels')]
     g = rm.groupby(['method', 'noise'], sort=False)[figs]
@@ -61,17 +70,19 @@ def markdown_table(df:pd.DataFrame, floatfmt='.3f') -> str:
     sep = '|' + '|'.join('---' for _ in df.columns) + '|'
     return '\n'.join([head, sep] + ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in df.itertuples(index=False)])
 
-def summary_table(results:pd.DataFrame, labels='clean', figures=('mAUC', 'mAP', 'head_AUC', 'medium_AUC', 'tail_AUC', 'tail_AP')) -> pd.DataFrame:
+def summary_table(results:pd.DataFrame, labels='clean', figures=('mAUC', 'mAP', 'head_AUC', 'medium_AUC', 'tail_AUC', 'tail_AP'),
+                  select:str='best') -> pd.DataFrame:
     "The summary as printable 'mean ± std' strings, one row per (method, noise)."
-    sm = summarize(results, labels)
+    sm = summarize(results, labels, select)
     out = sm[['method', 'noise', 'seeds']].copy()
     for f in figures: out[f] = [fmt_pm(m, s) for m, s in zip(sm[f], sm[f + '_std'])]
     return out
 
 # %% ../nbs/21_report.ipynb #13f84586
-def paired_deltas(results:pd.DataFrame, baseline='bce', labels='clean', figures=('mAUC', 'mAP', 'tail_AUC', 'tail_AP')) -> pd.DataFrame:
+def paired_deltas(results:pd.DataFrame, baseline='bce', labels='clean', figures=('mAUC', 'mAP', 'tail_AUC', 'tail_AP'),
+                  select:str='best') -> pd.DataFrame:
     "Per (method, noise): mean and std over seeds of method - `baseline` for each figure, paired by seed, and the seeds won."
-    rm = run_means(results)
+    rm = run_means(results, select)
     rm = rm[rm['labels'] == labels] if labels in set(rm['labels']) else rm
     if baseline not in set(rm['method']):
         raise KeyError(f"paired_deltas: baseline {baseline!r} is not among the methods {sorted(set(rm['method']))}")
@@ -89,9 +100,10 @@ def paired_deltas(results:pd.DataFrame, baseline='bce', labels='clean', figures=
         rows.append(row)
     return pd.DataFrame(rows)
 
-def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('mAUC', 'mAP', 'tail_AUC', 'tail_AP')) -> pd.DataFrame:
+def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('mAUC', 'mAP', 'tail_AUC', 'tail_AP'),
+                select:str='best') -> pd.DataFrame:
     "`paired_deltas` as printable '+mean ± std (wins/seeds)' strings."
-    d = paired_deltas(results, baseline, labels, figures)
+    d = paired_deltas(results, baseline, labels, figures, select)
     out = d[['method', 'noise', 'seeds']].copy()
     for f in figures:
         out[f'Δ{f}'] = ['–' if not np.isfinite(m) else f"{m:+.3f} ± {s:.3f} ({w}/{n})"
@@ -99,9 +111,9 @@ def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('
     return out
 
 # %% ../nbs/21_report.ipynb #f6c0cf53
-def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc', ax=None):
+def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc', ax=None, select:str='best'):
     "Per-class `metric` (mean over seeds) for each method at one noise setting, bars coloured by group."
-    check_results(results)
+    results = selected(check_results(results), select)
     r = results[results['labels'] == labels] if labels in set(results['labels']) else results
     noise = r['noise'].iloc[0] if noise is None else noise
     if noise not in set(r['noise']): raise ValueError(f"plot_per_class: no results for noise {noise!r}; there are {list(r['noise'].unique())}")
@@ -161,13 +173,57 @@ def plot_deltas(results:pd.DataFrame, baseline='bce', labels='clean', figure='mA
     ax.legend(fontsize=7, ncol=2); ax.grid(axis='y', alpha=.3)
     return ax
 
+# %% ../nbs/21_report.ipynb #7e2606ec
+CURVE_COLS = ['method', 'noise', 'seed', 'epoch', 'stage', 'train_loss', 'valid_noisy_mAUC', 'valid_clean_mAUC',
+              'flipped_fitted', 'added_fitted', 'missed_fitted', 'clean_fitted']
+
+def check_curves(curves:pd.DataFrame) -> pd.DataFrame:
+    "Check that `curves` has the per-epoch columns; the error names the missing ones."
+    need = ['method', 'noise', 'seed', 'epoch', 'train_loss', 'valid_noisy_mAUC', 'valid_clean_mAUC']
+    missing = [c for c in need if c not in curves.columns]
+    if missing: raise KeyError(f"curves frame: missing columns {missing}; it has {list(curves.columns)}")
+    return curves
+
+def plot_curves(curves:pd.DataFrame, noise=None, methods=None, figsize=None):
+    "Per-epoch validation mAUC (clean solid, noisy dashed) and the share of flipped training labels fitted, mean over seeds, one colour per method."
+    c = check_curves(curves)
+    noise = c['noise'].iloc[0] if noise is None else noise
+    if noise not in set(c['noise']): raise ValueError(f"plot_curves: no curves for noise {noise!r}; there are {list(c['noise'].unique())}")
+    c = c[c['noise'] == noise]
+    methods = list(dict.fromkeys(c['method'])) if methods is None else list(methods)
+    has_fit = 'flipped_fitted' in c and c['flipped_fitted'].notna().any()
+    fig, axs = plt.subplots(1, 2 if has_fit else 1, figsize=figsize or ((10, 3.6) if has_fit else (5.5, 3.6)), squeeze=False)
+    ax = axs[0, 0]
+    for j, m in enumerate(methods):
+        d = c[c['method'] == m].groupby('epoch')[[k for k in CURVE_COLS[5:] if k in c]].mean(numeric_only=True)
+        col = plt.cm.tab10(j % 10)
+        ax.plot(d.index, d['valid_clean_mAUC'], color=col, label=m)
+        ax.plot(d.index, d['valid_noisy_mAUC'], color=col, ls='--', alpha=.7)
+        if has_fit:
+            axs[0, 1].plot(d.index, d['flipped_fitted'], color=col, label=f"{m}: all flipped")
+            if 'added_fitted' in d: axs[0, 1].plot(d.index, d['added_fitted'], color=col, ls=':', label=f"{m}: false positives")
+    ax.set_xlabel('epoch'); ax.set_ylabel('validation mAUC'); ax.grid(alpha=.3)
+    ax.set_title(f"noise: {noise}; solid: clean labels, dashed: noisy labels", fontsize=10)
+    ax.legend(fontsize=8, loc='lower right')
+    if has_fit:
+        a = axs[0, 1]; a.axhline(.5, color='grey', lw=.8)
+        a.set_xlabel('epoch'); a.set_ylabel('share of flipped training labels fitted'); a.set_ylim(-.02, 1.02); a.grid(alpha=.3)
+        a.set_title('memorisation of the flipped labels', fontsize=10); a.legend(fontsize=7, loc='upper left')
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/21_report.ipynb #2181b538
-def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', config:dict=None, groups:pd.Series=None) -> Path:
-    "Write results.csv, summary.md and the plots to folder `out`; returns the path of summary.md."
+def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', config:dict=None, groups:pd.Series=None,
+                 curves:pd.DataFrame=None) -> Path:
+    "Write results.csv (and curves.csv), summary.md and the plots to folder `out`; returns the path of summary.md."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     check_results(results).to_csv(out / 'results.csv', index=False)
+    if curves is not None: check_curves(curves).to_csv(out / 'curves.csv', index=False)
     labels = ['clean', 'noisy'] if 'clean' in set(results['labels']) else sorted(set(results['labels']))
     lines = [f"# {title}", ""]
+    if 'select' in results.columns:
+        lines += ["Each run is scored with the model of its best epoch on the noisy validation labels (what a user without "
+                  "clean labels can select); `results.csv` also holds the last epoch's scores (`select` = 'last').", ""]
     if config: lines += ["Configuration: " + ", ".join(f"`{k}={v}`" for k, v in config.items()), ""]
     for lab in labels:
         if lab not in set(results['labels']): continue
@@ -186,6 +242,10 @@ def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', conf
     if 'bce' in set(results['method']) and results['method'].nunique() > 1:
         ax = plot_deltas(results); ax.figure.tight_layout(); ax.figure.savefig(out / 'delta_mauc.png', dpi=110)
         plt.close(ax.figure); plots.append('delta_mauc.png')
+    if curves is not None and len(curves):
+        for noise in curves['noise'].unique():
+            fig = plot_curves(curves, noise); fn = f"curves_{str(noise).replace(':', '_')}.png"
+            fig.savefig(out / fn, dpi=110); plt.close(fig); plots.append(fn)
     if results['noise'].nunique() > 1:
         ax = plot_noise_curve(results); ax.figure.tight_layout(); ax.figure.savefig(out / 'mauc_vs_noise.png', dpi=110)
         plt.close(ax.figure); plots.append('mauc_vs_noise.png')

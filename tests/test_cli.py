@@ -10,10 +10,14 @@ def run(args, tmp_path):
 def test_tiny_grid_writes_report(tmp_path):
     out = tmp_path / 'res'
     r = run(['--methods', 'bce', '--noise', 'none,symmetric:0.3', '--seeds', '0', '--n', '300', '--size', '32',
-             '--epochs', '1', '--bs', '32', '--out', str(out), '--threads', '1'], tmp_path)
+             '--epochs', '2', '--bs', '32', '--splits', '0.5,0.2,0.3', '--out', str(out), '--threads', '1'], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = pd.read_csv(out / 'results.csv')
     assert set(res['noise']) == {'none', 'symmetric:0.3'} and set(res['labels']) == {'clean', 'noisy'}
+    assert set(res['select']) == {'best', 'last'} and res['epoch'].between(1, 2).all()
+    curves = pd.read_csv(out / 'curves.csv')
+    assert len(curves) == 2 * 2 and {'valid_noisy_mAUC', 'valid_clean_mAUC', 'train_loss', 'flipped_fitted', 'clean_fitted'} <= set(curves)
+    assert (out / 'curves_symmetric_0.3.png').exists()
     assert res['class'].nunique() == 14 and set(res['group']) <= {'head', 'medium', 'tail'}
     defined = res['auc'].dropna()
     assert len(defined) > 0 and defined.between(0, 1).all()
@@ -40,11 +44,34 @@ def test_bad_arguments_name_the_culprit(tmp_path, args, msg):
 def test_workers_match_one_process(tmp_path):
     "Two worker processes give the same numbers as one process: each run is seeded on its own."
     common = ['--methods', 'bce', '--noise', 'none,symmetric:0.3', '--seeds', '0', '--n', '300', '--size', '32',
-              '--epochs', '1', '--bs', '32', '--threads', '1']
+              '--epochs', '1', '--bs', '32', '--splits', '0.5,0.2,0.3', '--threads', '1']
     r1 = run([*common, '--out', str(tmp_path / 'one')], tmp_path)
     r2 = run([*common, '--out', str(tmp_path / 'two'), '--workers', '2'], tmp_path)
     assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr + r2.stderr)[-3000:]
     a, b = (pd.read_csv(tmp_path / d / 'results.csv') for d in ('one', 'two'))
     pd.testing.assert_frame_equal(a, b, atol=1e-6)
-    assert len(list((tmp_path / 'two' / 'runs').glob('*.csv'))) == 2
+    ca, cb = (pd.read_csv(tmp_path / d / 'curves.csv').drop(columns=['train_seconds', 'eval_seconds']) for d in ('one', 'two'))
+    pd.testing.assert_frame_equal(ca, cb, atol=1e-6)
+    assert len(list((tmp_path / 'two' / 'runs').glob('*.curves.csv'))) == 2
     assert json.loads((tmp_path / 'two' / 'run.json').read_text())['workers'] == 2
+
+def test_gpu_profile_code_paths_on_cpu(tmp_path):
+    "The gpu profile's regime (resnet18, augmentation on the device, one-cycle, autocast asked for) runs end to end, here on the CPU."
+    out = tmp_path / 'gpu'
+    r = run(['--profile', 'gpu', '--device', 'cpu', '--amp', 'bf16', '--methods', 'bce,nvum', '--noise', 'nih-like:0.4',
+             '--n', '300', '--size', '32', '--epochs', '1', '--bs', '16', '--splits', '0.5,0.2,0.3', '--out', str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / 'run.json').read_text())['config']
+    assert (cfg['arch'], cfg['aug'], cfg['schedule'], cfg['amp'], cfg['device']) == ('resnet18', True, 'one_cycle', 'bf16', 'cpu')
+    assert set(pd.read_csv(out / 'results.csv')['method']) == {'bce', 'nvum'}
+    assert (out / 'deltas_ci.csv').exists()
+
+def test_method_hyperparameters_in_the_name(tmp_path):
+    out = tmp_path / 'hp'
+    r = run(['--methods', 'bce,nvum@reg_weight=3', '--noise', 'none', '--n', '300', '--size', '32', '--epochs', '1',
+             '--bs', '32', '--splits', '0.5,0.2,0.3', '--out', str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert set(pd.read_csv(out / 'results.csv')['method']) == {'bce', 'nvum@reg_weight=3'}
+    r = run(['--methods', 'nvum@nonsense=1', '--noise', 'none', '--n', '300', '--size', '32', '--epochs', '1',
+             '--splits', '0.5,0.2,0.3', '--out', str(tmp_path / 'bad')], tmp_path)
+    assert r.returncode != 0 and 'nonsense' in r.stderr, r.stderr[-2000:]
