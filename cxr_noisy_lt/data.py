@@ -276,12 +276,14 @@ def cxr_dls(frame:pd.DataFrame, classes='nih14', images=None, bs:int=64, label_c
     if aug is True: aug = cxr_aug_transforms()
     elif isinstance(aug, dict): aug = cxr_aug_transforms(**aug)
     elif not aug: aug = []
-    trn = CXRDataLoader(dss[0], bs=bs, shuffle=True, drop_last=len(dss[0]) >= bs, num_workers=num_workers,
+    dev = torch.device(ifnone(device, default_device()))
+    pin = images is None and dev.type == 'cuda'          # images read from files: page-locked batches for the copy to the GPU
+    trn = CXRDataLoader(dss[0], bs=bs, shuffle=True, drop_last=len(dss[0]) >= bs, num_workers=num_workers, pin_memory=pin,
                         after_batch=Pipeline(list(aug) + [norm], split_idx=0))
     if seed is not None: trn.rng = random.Random(seed)
-    val = CXRDataLoader(dss[1], bs=ifnone(val_bs, bs), shuffle=False, num_workers=num_workers,
+    val = CXRDataLoader(dss[1], bs=ifnone(val_bs, bs), shuffle=False, num_workers=num_workers, pin_memory=pin,
                         after_batch=Pipeline([norm], split_idx=1))
-    dls = DataLoaders(trn, val, device=ifnone(device, default_device()))
+    dls = DataLoaders(trn, val, device=dev)
     dls.classes, dls.stats, dls.frame, dls.n_inp = classes, stats, frame, 1
     return dls
 

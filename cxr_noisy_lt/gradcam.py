@@ -219,14 +219,28 @@ def map_peaks(maps:np.ndarray, eps:float=1e-6) -> np.ndarray:
         pts[n] = (c + 0.5) / W, (r + 0.5) / H
     return pts.reshape(maps.shape[:-2] + (2,))
 
-def _draw_box(ax, b, H, W, color, text=None):
-    x0, y0 = b.x0 * W - 0.5, b.y0 * H - 0.5
-    ax.add_patch(plt.Rectangle((x0, y0), (b.x1 - b.x0) * W, (b.y1 - b.y0) * H, fill=False, ec=color, lw=1))
-    if text: ax.text(x0, y0, text, color='yellow', fontsize=6, va='bottom')
+def _draw_box(ax, b, H, W, color):
+    ax.add_patch(plt.Rectangle((b.x0 * W - 0.5, b.y0 * H - 0.5), (b.x1 - b.x0) * W, (b.y1 - b.y0) * H, fill=False, ec=color, lw=1.5))
 
-def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=None, targets=None,
-                 alpha:float=0.45, cmap:str='jet', ncols:int=4, size:float=2.3, title:str=None, axs=None):
-    "Image `img` [H, W], then `img` under each map of `maps` [K, H, W] (one per class), with the peak and `boxes`."
+def _name_boxes(ax, boxes, H, W, fontsize=9):
+    "Write each box's label in full at a corner of the box, white on black, moved off the names already written."
+    rend, placed = ax.figure.canvas.get_renderer(), []
+    for b in boxes.itertuples():
+        right, above = b.x0 > .5, b.y0 > .12                 # above the box unless it touches the image's top
+        t = ax.text((b.x1 if right else b.x0) * W - 0.5, (b.y0 if above else b.y1) * H - 0.5, str(b.label),
+                    ha='right' if right else 'left', va='bottom' if above else 'top', color='white', fontsize=fontsize,
+                    clip_on=True, bbox=dict(boxstyle='square,pad=0.15', fc='black', ec='none', alpha=.7))
+        for _ in range(8):
+            bb = t.get_window_extent(rend).expanded(1.05, 1.2)
+            hit = next((p for p in placed if bb.overlaps(p)), None)
+            if hit is None: break
+            px, py = ax.transData.transform(t.get_position())
+            t.set_y(ax.transData.inverted().transform((px, py + (hit.y1 - bb.y0 + 1 if above else hit.y0 - bb.y1 - 1)))[1])
+        placed.append(t.get_window_extent(rend).expanded(1.05, 1.2))
+
+def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=None, targets=None, alpha:float=0.5,
+                 cmap:str='jet', ncols:int=3, size:float=3.4, title:str=None, axs=None, by_prob:bool=True):
+    "Image `img` [H, W], then `img` under each map of `maps` [K, H, W] (one per class, times its probability), with the peak, `boxes` and a colourbar."
     img = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img, dtype=np.float32).squeeze()
     maps = np.asarray(maps, dtype=np.float32)
     classes = [classes] if isinstance(classes, str) else list(classes)
@@ -241,26 +255,37 @@ def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=
     n = 1 + len(classes)
     if axs is None:
         nc = min(ncols, n); nr = -(-n // nc)
-        _, axs = plt.subplots(nr, nc, figsize=(size * nc, (size + 0.25) * nr), squeeze=False)
+        _, axs = plt.subplots(nr, nc, figsize=(size * nc, (size + .45) * nr + .7), squeeze=False, layout='constrained')
     axs = np.asarray(axs).ravel()
+    fig = axs[0].figure
     for ax in axs: ax.axis('off')
     axs[0].imshow(img, cmap='gray', vmin=0, vmax=1)
-    axs[0].set_title(title if title is not None else ('' if image is None else f"image {image}"), fontsize=8)
+    axs[0].set_title(title if title is not None else ('' if image is None else f"image {image}"), fontsize=10)
     if boxes is not None:
-        for b in boxes.itertuples(): _draw_box(axs[0], b, H, W, 'r', str(b.label)[:5])
+        for b in boxes.itertuples(): _draw_box(axs[0], b, H, W, 'r')
+    weight = np.asarray(probs, dtype=np.float32) if probs is not None and by_prob else np.ones(len(classes), np.float32)
     peaks = map_peaks(maps)
     for k, (c, ax) in enumerate(zip(classes, axs[1:])):
         ax.imshow(img, cmap='gray', vmin=0, vmax=1)
-        ax.imshow(maps[k], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+        ax.imshow(maps[k] * weight[k], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
         if np.isfinite(peaks[k]).all(): ax.plot(peaks[k, 0] * W - 0.5, peaks[k, 1] * H - 0.5, '+', color='white', ms=9, mew=2)
         if boxes is not None:
             for b in boxes[boxes['label'] == c].itertuples(): _draw_box(ax, b, H, W, 'white')
         t = c
-        if probs is not None: t += f"\np={float(probs[k]):.2f}"
+        if probs is not None: t += f"\np = {float(probs[k]):.2f}"
         if targets is not None:
-            y = float(targets[k]); t += f", label {'?' if np.isnan(y) else int(y)}"
-        ax.set_title(t, fontsize=8)
-    plt.tight_layout()
+            y = float(targets[k]); t += ', not labelled' if np.isnan(y) else f", label {int(y)}"
+        ax.set_title(t, fontsize=10)
+    if classes:
+        cb = fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, 1), cmap), ax=list(axs[1:n]), orientation='horizontal',
+                          shrink=.9, aspect=35, pad=.03)
+        cb.set_label('map × p: each map scaled to [0, 1] on its own, then multiplied by\nthe predicted probability p of its class'
+                     if probs is not None and by_prob else 'map: each scaled to [0, 1] on its own (0 its minimum, 1 its maximum)',
+                     fontsize=9)
+        cb.ax.tick_params(labelsize=9)
+    if boxes is not None and len(boxes):
+        fig.canvas.draw()                                    # the final layout, where the names are placed
+        _name_boxes(axs[0], boxes, H, W)
     return axs
 
 # %% ../nbs/22_gradcam.ipynb #ffda278f

@@ -24,9 +24,9 @@ import fastai.callback.schedule  # fit_one_cycle, lr_find
 from .data import cxr_dls, test_dl, CXRDataLoader
 
 # %% auto #0
-__all__ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'narrow_resnet10', 'predict_split',
-           'param_device', 'add_to_opt', 'remove_from_opt', 'ModelStateCallback', 'train_only_keys', 'classifier_of',
-           'feature_size', 'HeadInput']
+__all__ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'narrow_resnet10',
+           'narrow_resnet10_os8', 'predict_split', 'param_device', 'add_to_opt', 'remove_from_opt',
+           'ModelStateCallback', 'train_only_keys', 'classifier_of', 'feature_size', 'HeadInput']
 
 # %% ../nbs/05_learner.ipynb #71739362
 def label_mask(target:torch.Tensor):
@@ -132,7 +132,12 @@ def narrow_resnet10(pretrained:bool=False, **kwargs) -> nn.Module:
     args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16) | kwargs
     return build_model_with_cfg(ResNet, 'narrow_resnet10', False, pretrained_cfg=cfg, **args)
 
-if not timm.models.is_model('narrow_resnet10'): register_model(narrow_resnet10)
+def narrow_resnet10_os8(pretrained:bool=False, **kwargs) -> nn.Module:
+    "`narrow_resnet10` with output stride 8 (dilated stages 3 and 4): an 8 x 8 feature map at 64 px."
+    return narrow_resnet10(pretrained, **(dict(output_stride=8) | kwargs))
+
+for _f in (narrow_resnet10, narrow_resnet10_os8):
+    if not timm.models.is_model(_f.__name__): register_model(_f)
 
 # %% ../nbs/05_learner.ipynb #e0122861
 def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, model:nn.Module=None, bs:int=None):

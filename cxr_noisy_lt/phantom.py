@@ -624,12 +624,13 @@ class Phantom:
         return [c for c in self.classes if self.frame.at[i, c] == 1]
 
     def show(self, idxs=None, n:int=8, ncols:int=4, boxes:bool=True, gaze:bool=False, figsize=None, seed=0):
-        "Images `idxs` (or `n` random ones) with their labels, boxes and, if `gaze`, the gaze map."
+        "Images `idxs` (or `n` random ones) with their labels, boxes (named in full) and, if `gaze`, the gaze map."
         if idxs is None: idxs = np.sort(np.random.default_rng(seed).choice(len(self), min(n, len(self)), replace=False))
         idxs = list(np.atleast_1d(idxs))
         nrows = -(-len(idxs) // ncols)
         fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, 2.4 * nrows), squeeze=False)
         for ax in axs.flat: ax.axis('off')
+        names = []
         for ax, i in zip(axs.flat, idxs):
             ax.imshow(self.images[i], cmap='gray', vmin=0, vmax=255)
             if gaze and self.frame.at[i, 'gaze'] >= 0:
@@ -637,12 +638,24 @@ class Phantom:
                           extent=(-0.5, self.size - 0.5, self.size - 0.5, -0.5))
             if boxes:
                 for b in self.boxes[self.boxes['image'] == i].itertuples():
-                    x0, y0 = b.x0 * self.size - 0.5, b.y0 * self.size - 0.5
-                    ax.add_patch(plt.Rectangle((x0, y0), (b.x1 - b.x0) * self.size, (b.y1 - b.y0) * self.size,
-                                               fill=False, ec='r', lw=0.8))
-                    ax.text(x0, y0, b.label[:5], color='yellow', fontsize=6, va='bottom')
+                    x0, y0, x1 = b.x0 * self.size - 0.5, b.y0 * self.size - 0.5, b.x1 * self.size - 0.5
+                    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, (b.y1 - b.y0) * self.size, fill=False, ec='r', lw=1.2))
+                    above = b.y0 > .12                  # the name on the box's top edge, or under it near the image's top
+                    names.append((ax, x1 if b.x0 > .5 else x0, y0 if above else y0 + (b.y1 - b.y0) * self.size, b.label,
+                                  b.x0 > .5, above))
             ax.set_title(f"{i} {self.frame.at[i, 'view']}: " + (', '.join(self.labels(i)) or NO_FINDING), fontsize=6.5)
         plt.tight_layout()
+        rend, placed = fig.canvas.get_renderer(), {}
+        for ax, x, y, name, right, above in names:   # each box's name at a corner, moved off the names already there
+            t = ax.text(x, y, name, ha='right' if right else 'left', va='bottom' if above else 'top', color='white',
+                        fontsize=8, clip_on=True, bbox=dict(boxstyle='square,pad=0.1', fc='black', ec='none', alpha=.65))
+            for _ in range(8):
+                bb = t.get_window_extent(rend).expanded(1.05, 1.2)
+                hit = next((p for p in placed.get(ax, []) if bb.overlaps(p)), None)
+                if hit is None: break
+                px, py = ax.transData.transform(t.get_position())
+                t.set_y(ax.transData.inverted().transform((px, py + (hit.y1 - bb.y0 + 1 if above else hit.y0 - bb.y1 - 1)))[1])
+            placed.setdefault(ax, []).append(t.get_window_extent(rend).expanded(1.05, 1.2))
         return axs
 
 # %% ../nbs/01_phantom.ipynb #83393b85

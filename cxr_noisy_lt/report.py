@@ -11,9 +11,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'CURVE_COLS', 'check_results', 'selected', 'run_means', 'summarize',
-           'fmt_pm', 'markdown_table', 'summary_table', 'paired_deltas', 'delta_table', 'plot_per_class', 'noise_rate',
-           'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
+__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'METRIC_NAMES', 'CURVE_COLS', 'check_results', 'selected', 'run_means',
+           'summarize', 'fmt_pm', 'markdown_table', 'summary_table', 'paired_deltas', 'delta_table', 'plot_per_class',
+           'noise_rate', 'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
 
 # %% ../nbs/21_report.ipynb #8420710c
 RESULT_COLS = ['method', 'noise', 'seed', 'labels', 'class', 'group', 'n_train_pos', 'n_test_pos', 'auc', 'ap']
@@ -111,30 +111,56 @@ def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('
     return out
 
 # %% ../nbs/21_report.ipynb #f6c0cf53
+METRIC_NAMES = {'auc': 'AUROC', 'ap': 'AP'}
+
+def _runs(values) -> list:
+    "(value, first, last) of each run of equal consecutive `values`."
+    out = []
+    for i, v in enumerate(values):
+        if out and out[-1][0] == v: out[-1][2] = i
+        else: out.append([v, i, i])
+    return [tuple(o) for o in out]
+
 def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc', ax=None, select:str='best'):
-    "Per-class `metric` (mean over seeds) for each method at one noise setting, bars coloured by group."
+    "Per-class `metric` (mean over seeds) of each method at one noise setting: one colour per method, classes by training positives, grouped head / medium / tail."
     results = selected(check_results(results), select)
     r = results[results['labels'] == labels] if labels in set(results['labels']) else results
     noise = r['noise'].iloc[0] if noise is None else noise
     if noise not in set(r['noise']): raise ValueError(f"plot_per_class: no results for noise {noise!r}; there are {list(r['noise'].unique())}")
     r = r[r['noise'] == noise]
-    per = r.groupby(['class', 'method'], sort=False)[metric].mean().unstack('method')
-    info = r.drop_duplicates('class').set_index('class')[['group', 'n_train_pos']]
-    order = info.sort_values('n_train_pos', ascending=False).index
+    name = METRIC_NAMES.get(metric, metric)
+    methods = list(dict.fromkeys(r['method']))
+    per = r.groupby(['class', 'method'], sort=False)[metric].mean().unstack('method')[methods]
+    info = r.drop_duplicates('class').set_index('class')[['group', 'n_train_pos', 'n_test_pos']]
+    order = info.sort_values('n_train_pos', ascending=False, kind='stable').index
     per, info = per.loc[order], info.loc[order]
-    methods = list(per.columns)
-    if ax is None: _, ax = plt.subplots(figsize=(max(6, .5 * len(order) * max(1, len(methods) ** .5)), 3.2))
+    n, x = len(order), np.arange(len(order))
+    if ax is None: _, ax = plt.subplots(figsize=(min(11, max(6, 2.5 + n * (.25 + .06 * len(methods)))), 4))
     w = .8 / len(methods)
     for j, m in enumerate(methods):
-        ax.bar(np.arange(len(order)) + (j - (len(methods) - 1) / 2) * w, per[m].values, w,
-               color=[GROUP_COLORS.get(g, 'grey') for g in info['group']], alpha=1 - .6 * j / max(1, len(methods)),
-               edgecolor='black', linewidth=.3, label=m)
-    ax.set_xticks(range(len(order)), [f"{c} ({n})" for c, n in zip(order, info['n_train_pos'])], rotation=60, ha='right', fontsize=7)
-    lo = np.nanmin(per.values) if np.isfinite(per.values).any() else 0.
-    ax.set_ylim(max(0, min(.5, lo - .05)), 1.0); ax.set_ylabel(f"{metric.upper()} ({labels} test)")
-    ax.set_title(f"per-class {metric.upper()}, noise: {noise}; bars left to right: {', '.join(methods)}", fontsize=9)
-    handles = [matplotlib.patches.Patch(color=c, label=g) for g, c in GROUP_COLORS.items()]
-    ax.legend(handles=handles, fontsize=7, loc='lower left')
+        ax.bar(x + (j - (len(methods) - 1) / 2) * w, per[m].values, w, color=plt.cm.tab10(j % 10), label=m)
+    vals = per.to_numpy(dtype=float)
+    ok = np.isfinite(vals).any()
+    lo = max(0., min(.5, np.nanmin(vals) - .05)) if ok else 0.
+    hi = 1. if metric == 'auc' or not ok else min(1., np.ceil((np.nanmax(vals) + .02) * 10) / 10)   # AP: up to the highest bar
+    ax.set_ylim(lo, hi); ax.set_xlim(-.5, n - .5)
+    ax.grid(axis='y', alpha=.3); ax.set_axisbelow(True)
+    for i, c in enumerate(order):                      # an empty slot says why
+        if np.isfinite(vals[i]).any(): continue
+        why = 'no test positive' if info['n_test_pos'].iat[i] == 0 else f'no {name}'
+        ax.text(i, lo + .03 * (hi - lo), why, rotation=90, ha='center', va='bottom', fontsize=9, color='dimgrey', style='italic')
+    top = ax.get_xaxis_transform()                     # x in data, y in axes fractions
+    for g, a, b in _runs(list(info['group'])):         # each group: a bracket with its name above the axes
+        ax.plot([a - .45, b + .45], [1.04, 1.04], color='dimgrey', lw=1.2, transform=top, clip_on=False)
+        ax.text((a + b) / 2, 1.04, f' {g} ', ha='center', va='center', fontsize=9, color='dimgrey', transform=top,
+                bbox=dict(fc='white', ec='none', pad=0))
+        if a > 0: ax.axvline(a - .5, color='dimgrey', lw=.8, ls=':')
+    ax.set_xticks(x, [f"{c} ({k})" for c, k in zip(order, info['n_train_pos'])], rotation=35, ha='right',
+                  rotation_mode='anchor', fontsize=9)
+    ax.set_ylabel(f"{name}, {labels} test labels", fontsize=9); ax.tick_params(axis='y', labelsize=9)
+    ax.set_title(f"Per-class {name} (mean over seeds), noise: {noise}; in brackets: training positives", fontsize=10, pad=16)
+    ax.legend(title='method', loc='upper left', bbox_to_anchor=(1.01, 1.), borderaxespad=0., fontsize=9, title_fontsize=9,
+              frameon=False, ncol=1 if len(methods) <= 10 else 2)
     return ax
 
 def noise_rate(noise:str) -> float:

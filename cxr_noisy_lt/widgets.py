@@ -10,7 +10,7 @@ import pandas as pd
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 import ipywidgets as widgets
-from IPython.display import Image
+from IPython.display import Image, HTML
 from .report import check_results, plot_per_class, summary_table
 from .data import test_dl
 from .gradcam import CAM_METHODS, cam_inputs, gradcam_maps, class_indices, show_gradcam, check_boxes
@@ -28,9 +28,12 @@ def fig_image(fig:Figure, dpi:int=100) -> Image:
     return Image(data=buf.getvalue(), format='png')
 
 def set_output(out:widgets.Output, *objs):
-    "Replace what `out` shows with `objs` (figures as PNG images, anything else as IPython displays it)."
+    "Replace what `out` shows with `objs` (figures as PNG images, data frames as tables without their index, anything else as IPython displays it)."
     out.outputs = ()
-    for o in objs: out.append_display_data(fig_image(o) if isinstance(o, Figure) else o)
+    for o in objs:
+        if isinstance(o, Figure): o = fig_image(o)
+        elif isinstance(o, pd.DataFrame): o = HTML(o.to_html(index=False))
+        out.append_display_data(o)
 
 # %% ../nbs/23_widgets.ipynb #fdc4661e
 METRICS = {'AUROC': 'auc', 'AP': 'ap'}
@@ -92,7 +95,7 @@ def gradcam_view(learn, dl, i:int, choice:str=LABELLED, method='gradcam', target
     maps = gradcam_maps(learn, r.x, k, method, target_layer)
     image = r.rows['image'].iat[0] if 'image' in r.rows.columns else None
     axs = show_gradcam(r.images[0], maps[0], cls, boxes, image=image, probs=r.probs[0, k], targets=r.targets[0, k],
-                       title=f"#{i}" + ('' if image is None else f" (image {image})"))
+                       title=f"position {i} in the split" if image is None else f"image {image}")
     return axs[0].figure
 
 def gradcam_explorer(learn, dl=None, split:str='test', boxes:pd.DataFrame=None, method='gradcam', target_layer=None) -> widgets.VBox:
@@ -101,7 +104,7 @@ def gradcam_explorer(learn, dl=None, split:str='test', boxes:pd.DataFrame=None, 
     n = len(dl.dataset)
     if n == 0: raise ValueError("gradcam_explorer: the DataLoader has no images")
     if boxes is not None: check_boxes(boxes)
-    controls = dict(image=widgets.IntSlider(value=0, min=0, max=n - 1, description='image', continuous_update=False),
+    controls = dict(image=widgets.IntSlider(value=0, min=0, max=n - 1, description='position', continuous_update=False),
                     cls=widgets.Dropdown(options=[LABELLED] + list(learn.dls.classes), description='class'),
                     method=widgets.Dropdown(options=list(CAM_METHODS), value=method, description='method'))
     out = widgets.Output()

@@ -15,3 +15,13 @@ def test_top_level_is_exactly_the_project():
 def test_quarto_config_is_a_link():
     q = ROOT / '_quarto.yml'
     assert q.is_symlink() and q.resolve() == (ROOT / 'nbs' / '_quarto.yml').resolve()
+
+def test_every_notebook_names_its_kernel():
+    "Each notebook names the python3 kernel, so JupyterLab opens it without asking which kernel to start."
+    import json
+    nbs = sorted((ROOT / 'nbs').rglob('*.ipynb'))
+    assert nbs
+    bad = [str(p.relative_to(ROOT)) for p in nbs if '.ipynb_checkpoints' not in p.parts and
+           {k: v for k, v in json.loads(p.read_text(encoding='utf-8')).get('metadata', {}).get('kernelspec', {}).items()
+            if k in ('name', 'language')} != {'name': 'python3', 'language': 'python'}]
+    assert not bad, f"notebooks without the kernelspec {{'name': 'python3', 'language': 'python'}}: {bad}"
