@@ -51,7 +51,7 @@ def summarize(results:pd.DataFrame, labels='clean', select:str='best') -> pd.Dat
     rm = rm[rm['labels'] == labels] if labels in set(rm['labels']) else rm
     figs = [c for c in rm.columns if c not in ('method', 'noise', 'seed', 'labels')]
     g = rm.groupby(['method', 'noise'], sort=False)[figs]
-    out = g.mean().join(g.std(ddof=1 if rm['seed'].nunique() > 1 else 0).fillna(0.), rsuffix='_std')
+    out = g.mean().join(g.std(ddof=1 if rm['seed'].nunique() > 1 else 0).fillna(0.).add_suffix('_std'))
     out.insert(0, 'seeds', g.size())
     return out.reset_index()
 
