@@ -239,10 +239,12 @@ class EpochRecorder(Callback):
             row.update(fitted_shares(pt, ft[self.cols].to_numpy(float), ft[self.ccols].to_numpy(float)))
         row.update(train_seconds=t_train, eval_seconds=time.time() - self._t0 - t_train)
         self.rows.append(row)
+        snap = None                                    # one copy of the model, shared by the stage's best and the run's
         for key in (stage, None):                      # the best of this stage, and of the whole run
             old = self.best.get(key, (np.nan,))[0]
             if key not in self.best or (np.isfinite(vn) and (not np.isfinite(old) or vn > old)):
-                self.best[key] = (vn, row['epoch'], copy.deepcopy(model))
+                if snap is None: snap = copy.deepcopy(model)
+                self.best[key] = (vn, row['epoch'], snap)
 
     def after_fit(self):
         stage = getattr(self.learn, 'bench_stage', self.stage)
