@@ -26,7 +26,7 @@ from .report import write_report, summary_table, markdown_table, delta_table, CU
 __all__ = ['METHODS', 'SCHEDULES', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'Method', 'parse_method', 'get_method',
            'available_methods', 'Regime', 'profile', 'fit_regime', 'fitted_shares', 'EpochRecorder', 'evaluate',
            'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'boot_samples',
-           'paired_boot_ci', 'BenchRunner', 'run_bench', 'main', 'noise_gap_text']
+           'paired_boot_ci', 'reference_deltas', 'BenchRunner', 'run_bench', 'main', 'noise_gap_text']
 
 # %% ../nbs/30_bench.ipynb #d5485f35
 @dataclass
@@ -38,6 +38,7 @@ class Method:
     eval_model: Callable = None               # learn -> nn.Module to evaluate; default learn.model
     description: str = ''
     stages: tuple = ()                        # stages also reported on their own, as 'name/stage' (e.g. 'stage1')
+    controls: tuple = ()                      # other methods it is compared with when they are in the same grid
 
 METHODS = {'bce': 'cxr_noisy_lt.recipes:bce',
            'nvum': 'cxr_noisy_lt.recipes:nvum',
@@ -401,6 +402,22 @@ def paired_boot_ci(boot:dict, groups:pd.Series, baseline:str='bce', alpha:float=
             row[f'd_{f}_lo'], row[f'd_{f}_hi'] = (np.quantile(diff, [alpha / 2, 1 - alpha / 2]) if len(diff) else (np.nan, np.nan))
         rows.append(row)
     return pd.DataFrame(rows)
+def reference_deltas(boot:dict, groups:pd.Series, methods) -> pd.DataFrame:
+    """`paired_boot_ci` of every method against each of its references in the grid: BCE, its own stages
+    ('coarse2fine' against 'coarse2fine/stage1') and its `controls`; one row per (method, baseline, noise, select)."""
+    have = {k[0] for k in boot}
+    pairs = [(m, 'bce') for m in methods if m != 'bce' and 'bce' in have]
+    for m in methods:
+        rec = get_method(m)
+        pairs += [(m, f"{m}/{s}") for s in rec.stages] + [(m, c) for c in rec.controls if c in have]
+        if 'bce' in have: pairs += [(f"{m}/{s}", 'bce') for s in rec.stages]
+    out = [paired_boot_ci({k: v for k, v in boot.items() if k[0] in (m, b)}, groups, baseline=b).assign(baseline=b)
+           for m, b in dict.fromkeys(pairs) if m in have and b in have]
+    out = [o for o in out if len(o)]
+    if not out: return pd.DataFrame()
+    ci = pd.concat(out, ignore_index=True)
+    return ci[['method', 'baseline'] + [c for c in ci.columns if c not in ('method', 'baseline')]]
+
 
 # %% ../nbs/30_bench.ipynb #d422b7b6
 class BenchRunner:
@@ -527,9 +544,8 @@ class BenchRunner:
         if self.out is not None:
             cfg = dict(self.config(), seeds=list(self.seeds))
             write_report(res, self.out, config=cfg, groups=self.groups, curves=curves)
-            if 'bce' in self.methods and len(self.methods) > 1:
-                ci = paired_boot_ci(boot, self.groups)
-                ci.to_csv(self.out / 'deltas_ci.csv', index=False); self.deltas_ci = ci
+            ci = reference_deltas(boot, self.groups, self.methods)
+            if len(ci): ci.to_csv(self.out / 'deltas_ci.csv', index=False); self.deltas_ci = ci
             (self.out / 'run.json').write_text(json.dumps(dict(
                 config=cfg, methods=list(self.methods), noise=list(self.noise), workers=self.workers, seconds=seconds,
                 failed=[task_name(*t) for t in self.failed], missing=[task_name(*t) for t in self.missing]), indent=1))

@@ -60,7 +60,8 @@ def nvum_ral(**hp) -> Method:
     "NVUM with the Robust Asymmetric Loss as its base loss."
     from cxr_noisy_lt.ral import RobustAsymmetricLoss
     return Method('nvum+ral', _nvum_learner(base_loss=lambda: RobustAsymmetricLoss(reduction='mean'), **hp),
-                  eval_model=lambda learn: learn.nvum.teacher, description='NVUM with RAL as the base loss, EMA teacher scored')
+                  eval_model=lambda learn: learn.nvum.teacher, controls=('nvum', 'ral'),
+                  description='NVUM with RAL as the base loss, EMA teacher scored')
 
 def _loss_method(name, loss, description):
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, loss_func=loss(), **k),
@@ -89,7 +90,7 @@ def _attmix(name, description, **hp):
     from cxr_noisy_lt.mixup import AttentionMixupCallback
     check_hyperparameters(AttentionMixupCallback, hp, name)
     make = lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, cbs=AttentionMixupCallback(**hp), **k)
-    return Method(name, make, description=description)
+    return Method(name, make, controls=('attmix',) if name == 'attmix-attention' else (), description=description)
 
 def attmix(**hp) -> Method:
     "Intra-group attention mixup (Jiang et al.): g=2, loss 1.5 mixed + 0.5 plain, each member's own labels (weight 1/g)."
@@ -138,8 +139,9 @@ def _coarse2fine(name, description, **hp):
         _stage(learn, 'stage2')
         try: learn.fit_one_cycle(e2, lr, cbs=fine)
         finally: fine.restore()
+    controls = {'coarse2fine': ('coarse2fine-empty',), 'coarse2fine-joint': ('coarse2fine-empty', 'coarse2fine')}.get(name, ())
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, **k), fit=fit,
-                  stages=('stage1',), description=description)
+                  stages=('stage1',), controls=controls, description=description)
 
 def coarse2fine(**hp) -> Method:
     "Coarse-to-fine (van Sonsbeek et al. 2023): stage 1 on all images, stage 2 by conditional variational inference on the 10% with boxes and gaze."
@@ -168,7 +170,7 @@ def _twostage(name, description, views=2, weight=None, sampler='rarest', **hp):
         _stage(learn, 'stage2'); learn.fit_one_cycle(s2, 5 * lr, cbs=RebalanceStage(sampler))
         learn.twostage_model = learn.model
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, **k), fit=fit,
-                  stages=('stage1',), description=description)
+                  stages=('stage1',), controls=('twostage',) if name == 'twostage-1view' else (), description=description)
 
 def twostage(**hp) -> Method:
     "Two-stage (Zeng et al. 2022): BCE + multi-label SupCon on two views, then classifier re-training with rarest-class sampling."

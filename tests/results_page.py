@@ -1,6 +1,6 @@
 """The results page, nbs/40_results.ipynb, shows one `cxr_bench` run kept in nbs/results/phantom/.
 
-    python tests/results_page.py --from cxr_bench_results    # copy a run's results.csv and run.json, then refresh
+    python tests/results_page.py --from bench_runs/full    # copy a run's results, curves, intervals and run.json, then refresh
     python tests/results_page.py                              # refresh the page from the files already there
 
 Refreshing executes the notebook and saves its outputs (tables as Markdown, plots as small PNGs), so the
@@ -14,7 +14,7 @@ from fastcore.xtras import working_directory
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / 'nbs' / '40_results.ipynb'
 DATA = ROOT / 'nbs' / 'results' / 'phantom'
-FILES = ('results.csv', 'run.json')
+FILES = ('results.csv', 'curves.csv', 'deltas_ci.csv', 'run.json')
 
 def execute_page(page=PAGE):
     "The page's notebook with fresh outputs (executed in its own folder)."
@@ -22,6 +22,19 @@ def execute_page(page=PAGE):
     for c in nb.cells:
         if c.cell_type == 'code': c.outputs, c.execution_count = [], None
     with working_directory(page.parent): CaptureShell(mpl_format='png').run_all(nb, exc_stop=True)
+    return nb
+
+def shrink_pngs(nb, colors=128):
+    "Store every plot as a palette PNG (`colors` colours): a third of the bytes, the same picture for line plots and bars."
+    import base64, io
+    from PIL import Image
+    for c in nb.cells:
+        for o in c.get('outputs', []) if c.cell_type == 'code' else []:
+            png = o.get('data', {}).get('image/png')
+            if png is None: continue
+            im = Image.open(io.BytesIO(base64.b64decode(png))).convert('RGB').quantize(colors, dither=Image.Dither.NONE)
+            buf = io.BytesIO(); im.save(buf, format='PNG', optimize=True)
+            o['data']['image/png'] = base64.b64encode(buf.getvalue()).decode()
     return nb
 
 def text_outputs(nb) -> list:
@@ -38,7 +51,7 @@ def text_outputs(nb) -> list:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--from', dest='src', help="a cxr_bench --out folder to take results.csv and run.json from")
+    ap.add_argument('--from', dest='src', help="a cxr_bench --out folder to take " + ', '.join(FILES) + " from")
     a = ap.parse_args()
     if a.src:
         src = Path(a.src)
@@ -46,7 +59,7 @@ def main():
         if missing: sys.exit(f"results_page: {src} has no {', '.join(missing)}: is it a cxr_bench --out folder?")
         DATA.mkdir(parents=True, exist_ok=True)
         for f in FILES: shutil.copy(src / f, DATA / f)
-    write_nb(execute_page(), PAGE)
+    write_nb(shrink_pngs(execute_page()), PAGE)
     subprocess.run(['nbdev_clean', '--fname', str(PAGE)], check=True, cwd=ROOT)
     print(f"wrote {PAGE.relative_to(ROOT)} from {DATA.relative_to(ROOT)}")
 

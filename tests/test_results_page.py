@@ -9,12 +9,22 @@ from execnb.nbio import read_nb
 def test_kept_run_is_consistent():
     res = pd.read_csv(DATA / 'results.csv')
     run = json.loads((DATA / 'run.json').read_text())
-    assert set(res['method']) == set(run['methods']) and 'bce' in set(res['method'])
+    base = res['method'].str.split('/').str[0]                   # 'coarse2fine/stage1' is a stage of the coarse2fine run
+    assert set(base) == set(run['methods']) and 'bce' in set(base)
     assert set(res['noise']) == set(run['noise']) and set(res['labels']) == {'clean', 'noisy'}
-    runs = res.groupby(['method', 'noise', 'seed']).ngroups
+    assert set(res['select']) == {'best', 'last'}
+    runs = res.assign(method=base).groupby(['method', 'noise', 'seed']).ngroups
     assert runs == len(run['seconds']), (runs, len(run['seconds']))
     n_grid = len(run['methods']) * len(run['noise']) * len(run['config']['seeds'])
     assert runs + len(run.get('missing', [])) + len(run.get('failed', [])) == n_grid     # every cell accounted for
+    curves = pd.read_csv(DATA / 'curves.csv')
+    assert curves.groupby(['method', 'noise', 'seed']).ngroups == runs                # one curve per finished run
+    epochs = curves.groupby(['method', 'noise', 'seed'])['epoch'].max()
+    assert (epochs >= run['config']['epochs']).all(), epochs[epochs < run['config']['epochs']]
+    ci = pd.read_csv(DATA / 'deltas_ci.csv')
+    for f in ('mAUC', 'tail_AUC'):
+        assert (ci[f'd_{f}_lo'] <= ci[f'd_{f}'] + 1e-9).all() and (ci[f'd_{f}'] <= ci[f'd_{f}_hi'] + 1e-9).all()
+    assert {('nvum', 'bce'), ('coarse2fine', 'coarse2fine/stage1')} <= set(zip(ci['method'], ci['baseline']))
 
 def test_saved_outputs_match_the_kept_run():
     saved, fresh = read_nb(PAGE), execute_page()
