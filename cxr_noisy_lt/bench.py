@@ -154,6 +154,14 @@ PROFILES = {
                 noise=('nih-like:0.4',), seeds=(0,),
                 regime=dict(n=24000, splits=(0.2, 0.05, 0.75), size=224, arch='resnet18', epochs=10, bs=128, lr=1e-3,
                             schedule='one_cycle', aug=True, device='cuda')),
+    'sensitivity': dict(methods=('nvum@reg_weight=0.33', 'nvum@reg_weight=3', 'ral@gamma_neg=2', 'ral@gamma_neg=6',
+                                 'attmix@g=3', 'attmix@g=4', 'coarse2fine@beta_max=0.024', 'coarse2fine@beta_max=0.21',
+                                 'twostage@weight=0.017', 'twostage@weight=0.15'),
+                        noise=('nih-like:0.4',), seeds=(0,), regime=dict(epochs=30)),
+    'options': dict(methods=('attmix-attention', 'twostage-1view', 'contrast+attmix'), noise=('none', 'nih-like:0.4'),
+                    seeds=(0,), regime=dict(epochs=30)),
+    'c2f-os8': dict(methods=('bce', 'coarse2fine', 'coarse2fine-empty', 'coarse2fine-joint'), noise=('nih-like:0.4',),
+                    seeds=(0, 1, 2), regime=dict(epochs=30, arch='narrow_resnet10_os8')),
 }
 
 def profile(name:str, **overrides) -> dict:
@@ -565,7 +573,7 @@ def _csv(s, typ=str): return tuple(typ(x) for x in str(s).split(',') if x.strip(
 
 @call_parse
 def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH-like noise, minutes on 2 CPU cores
-         profile:str='full',            # profile: quick, full or gpu (see `PROFILES`)
+         profile:str='full',            # profile: quick, full, gpu, sensitivity, options or c2f-os8 (see `PROFILES`)
          methods:str=None,              # comma-separated method names (default: the profile's)
          noise:str=None,                # comma-separated noise settings, e.g. none,symmetric:0.2,nih-like:0.4
          seeds:str=None,                # comma-separated seeds
