@@ -4,7 +4,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {'nbs', 'cxr_noisy_lt', 'settings.ini', 'setup.py', 'README.md', 'tests', '_quarto.yml',
-           '.ci', '.gitignore', 'LICENSE'}
+           '.ci', '.github', '.gitignore', 'LICENSE'}
 
 def test_top_level_is_exactly_the_project():
     files = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
