@@ -17,7 +17,7 @@ import fastai.callback.schedule  # fit_one_cycle
 from fastai.vision.augment import AffineCoordTfm
 from fasttransform import Pipeline
 from .labels import label_space
-from .learner import MaskedBCEWithLogits, param_device
+from .learner import MaskedBCEWithLogits, param_device, ModelStateCallback, strip_train_state, pack_tensors, unpack_tensors
 
 # %% auto #0
 __all__ = ['BOX_COLS', 'OBJECTIVES', 'CONTROLS', 'gaussian_kl', 'reparameterize', 'beta_schedule', 'check_boxes', 'cell_coverage',
@@ -239,6 +239,11 @@ class ScaledLinear(nn.Linear):
     def extra_repr(self): return super().extra_repr() + f', gain={self.gain}'
 
 
+def _stage1_copy(model:nn.Module) -> nn.Module:
+    m = copy.deepcopy(model)
+    strip_train_state(m)                    # the copy is not the learner's model: it carries no checkpoint state
+    return m.requires_grad_(False).eval()
+
 class CVDistillNet(nn.Module):
     "Conditional-variational distillation on top of a trained timm `model`: prior p(z|x), posterior q(z|x,a), shared decoder; predicts d(mu_p)."
     def __init__(self, model:nn.Module, n_annot:int=1, split='auto', latent:int=None, init_logvar:float=-4.,
@@ -267,8 +272,8 @@ class CVDistillNet(nn.Module):
                 lin.weight[D:].zero_(); lin.bias[D:].fill_(init_logvar)
             if self.residual and isinstance(clf, nn.Linear):
                 self.decoder.weight.copy_(clf.weight); self.decoder.bias.copy_(clf.bias)
-        # the stage-1 network as it is now, outside the module tree (no optimiser, no state_dict entry)
-        object.__setattr__(self, '_stage1', copy.deepcopy(model).requires_grad_(False).eval() if keep_stage1 else None)
+        # the stage-1 network as it is now, outside the module tree (no optimiser; in the state dict as the extra state)
+        object.__setattr__(self, '_stage1', _stage1_copy(model) if keep_stage1 else None)
         p = next(model.parameters(), None)
         if p is not None: self.to(p.device)
         self.frozen, self._grad = False, None
@@ -277,6 +282,13 @@ class CVDistillNet(nn.Module):
         "The network as stage 1 left it (a frozen copy taken when this `CVDistillNet` was built), in evaluation mode, on this network's device."
         if self._stage1 is None: raise ValueError("stage1_model: this CVDistillNet was built with keep_stage1=False")
         return self._stage1.to(param_device(self)).eval()
+
+    def get_extra_state(self):
+        "The weights of the stage-1 copy (its state dict's bytes), so that a checkpoint of stage 2 keeps them."
+        return pack_tensors([] if self._stage1 is None else self._stage1.state_dict().values())
+
+    def set_extra_state(self, state):
+        if self._stage1 is not None and len(state): unpack_tensors(state, self._stage1.state_dict().values())
 
     def _frozen_params(self) -> list:
         ps = {id(p): p for p in map(self.model.get_parameter, self.lower_params)}
@@ -367,7 +379,7 @@ def _new_opt(learn):
     old = learn.opt
     learn.create_opt()
     if old is not None:
-        for k, v in old.hypers[-1].items(): learn.opt.set_hyper(k, v)
+        for k, v in old.hypers[-1].items(): learn.opt.set_hyper(k, float(v) if isinstance(v, (np.floating, np.integer)) else v)
 
 class SubsetDataset(torch.utils.data.Dataset):
     "Items `pos` of a `CXRDataset`-like `ds` (with `get_batch`), indexed 0..len(pos)-1."
@@ -385,6 +397,7 @@ class SubsetDataset(torch.utils.data.Dataset):
 
 class CoarseStageCallback(Callback):
     "Stage 1: train the whole (plain) network on the global labels, with `loss_func` if given (restored after the fit)."
+    train_method = 'coarse-stage'
     def __init__(self, loss_func=None): self.loss_func, self._old_loss = loss_func, None
     def before_fit(self):
         if isinstance(self.learn.model, CVDistillNet):
@@ -402,8 +415,9 @@ class CoarseStageCallback(Callback):
 
 CONTROLS = (None, 'empty')
 
-class FineStageCallback(Callback):
+class FineStageCallback(ModelStateCallback):
     "Stage 2: conditional-variational distillation of `annotations` into the top of the network, on the annotated subset."
+    needs_dls, train_method = True, 'fine-stage'   # the network is wrapped on joining a learner, so `learn.load` finds it
     def __init__(self,
         annotations,              # `Annotations`, or maps [n_train, K, r, r] in the order of dls.train_ds
         frac:float=0.1,           # size of the subset as a fraction of the training set (None: all annotated images)
@@ -465,10 +479,11 @@ class FineStageCallback(Callback):
         return dl.new(SubsetDataset(dl.dataset, pos), bs=bs, shuffle=True, drop_last=len(pos) > bs,
                       after_batch=Pipeline(tfms, split_idx=0))
 
-    def before_fit(self):
+    def attach(self) -> CVDistillNet:
+        "Select the subset and its maps, wrap `learn.model` in a `CVDistillNet` (once) and freeze its lower part, with a new optimiser for the rest."
         learn = self.learn
         if len(learn.dls.loaders) < 1: raise ValueError("FineStageCallback: the learner has no training DataLoader")
-        train = learn.dls.train
+        train = learn.dls.train if self._saved is None else self._saved['train']
         self.positions, maps = self.select(train.dataset)
         net = learn.model
         if not isinstance(net, CVDistillNet):
@@ -478,13 +493,19 @@ class FineStageCallback(Callback):
             raise ValueError(f"FineStageCallback: the learner's CVDistillNet takes {net.n_annot} annotation channel(s), "
                              f"the annotations have {maps.shape[1]}")
         self.beta_peak = float(ifnone(self.beta_max, default_beta_max(self.objective, net.decoder.out_features)))
-        dev = next(net.parameters()).device
-        self.maps = maps.to(dev)
+        self.maps = maps.to(param_device(net))
+        learn.model = net
+        if not net.frozen:                       # frozen already: joined before, or resumed with the loaded optimiser
+            net.freeze()
+            _new_opt(learn)
+        return net
+
+    def before_fit(self):
+        learn = self.learn
+        if self.maps is None or not (isinstance(learn.model, CVDistillNet) and learn.model.frozen): self.attach()
+        train = learn.dls.train
         self._saved = dict(learn=learn, train=train, loss=learn.loss_func)   # keep `learn`: fastai detaches the callback on errors
         learn.dls.loaders[0] = self._subset_dl(train, self.positions)
-        learn.model = net
-        net.freeze()
-        _new_opt(learn)
         learn.loss_func = ifnone(self.loss_func, MaskedBCEWithLogits())
         self.history = []
 

@@ -15,7 +15,7 @@ from fastai.data.transforms import Normalize
 from fastai.vision.augment import RandomErasing
 from fastai.torch_core import to_device
 import fastai.callback.schedule  # fit_one_cycle
-from .learner import ModelStateCallback, classifier_of, HeadInput, add_to_opt
+from .learner import ModelStateCallback, classifier_of, HeadInput, add_to_opt, param_device
 from .data import cxr_aug_transforms
 _all_ = ['classifier_of', 'HeadInput']   # defined in cxr_noisy_lt.learner, importable from here too
 
@@ -145,7 +145,7 @@ def group_mix_loss(loss_func, z_mix:torch.Tensor, y:torch.Tensor, w:torch.Tensor
 # %% ../nbs/12_mixup.ipynb #b973070e
 class AttentionMixupCallback(_AuxCallback):
     "Intra-group attention mixup: loss = mix_weight * (loss of head(f_mix) on the group's labels) + plain_weight * loss(head(f), y)."
-    order, aux_name = 5, 'attention'
+    order, aux_name, train_method = 5, 'attention', 'attention-mixup'
     def __init__(self,
         g:int=2,                  # group size
         mix_weight:float=1.5,     # weight of the loss on the mixed features
@@ -295,7 +295,21 @@ class ContrastiveCallback(_AuxCallback):
         self._hook, self._n, self._c, self.last_loss = None, None, None, None
 
     @property
+    def train_method(self) -> str: return 'contrastive-only' if self.only else 'contrastive'
+
+    @property
     def projection(self) -> ProjectionHead|None: return self.aux_module
+
+    @classmethod
+    def rebuild(cls, model:nn.Module, state_dict:dict, prefix:str='') -> list:
+        "The projection head of a checkpoint (e.g. one left by contrastive pre-training) that `model` lacks, re-created from its shapes."
+        key = f"{prefix}{AUX_KEY}.{cls.aux_name}.net."
+        w0, w2 = state_dict.get(key + '0.weight'), state_dict.get(key + '2.weight')
+        aux = aux_modules(model)
+        if w0 is None or w2 is None or (aux is not None and aux._modules.get(cls.aux_name) is not None): return []
+        head = ProjectionHead(w0.shape[1], w0.shape[0], w2.shape[0]).to(param_device(model))
+        aux_modules(model, create=True).add_module(cls.aux_name, head)
+        return [head]
 
     def make_module(self, dim): return ProjectionHead(dim, self.hidden, self.out_dim)
     def check_module(self, proj, dim):

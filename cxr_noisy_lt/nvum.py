@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .learner import ModelStateCallback, remove_from_opt
+from fastai.torch_core import get_model
+from .learner import ModelStateCallback, remove_from_opt, TRAIN_STATE_KEY, strip_train_state, loss_name
+from .learner import item_writes, all_reduce_mean_
 
 # %% auto #0
 __all__ = ['NVUM_KEY', 'nvum_prior', 'NVUMMemory', 'nvum_regularizer', 'masked_mean', 'EMATeacher', 'NVUMState', 'nvum_state',
@@ -100,24 +102,35 @@ def masked_mean(values:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
 # %% ../nbs/10_nvum.ipynb #0752aba9
 NVUM_KEY = 'nvum'   # name of the NVUM state inside the model (state-dict keys `nvum.*`)
 
-def _student_state(model:nn.Module) -> dict:
-    return {k: v for k, v in model.state_dict().items() if not k.startswith(NVUM_KEY + '.')}
+def _state_tensors(model:nn.Module, skip=()) -> dict:
+    "Parameters and persistent buffers of `model` by state-dict name (its state dict without extra states), leaving out the children `skip`."
+    out = {}
+    def walk(m, prefix):
+        out.update({prefix + n: p for n, p in m._parameters.items() if p is not None})
+        out.update({prefix + n: b for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set})
+        for n, c in m._modules.items():
+            if c is not None and not (prefix == '' and n in skip): walk(c, prefix + n + '.')
+    walk(get_model(model), '')
+    return out
+
+def _student_state(model:nn.Module) -> dict: return _state_tensors(model, (NVUM_KEY, TRAIN_STATE_KEY))
 
 class EMATeacher(nn.Module):
     "EMA copy of a model: floats (weights, BatchNorm running stats) averaged with `decay`, integer buffers copied."
     def __init__(self, model:nn.Module, decay:float=0.99):
         super().__init__()
         self.decay = float(decay)
-        self.module = copy.deepcopy(model)
+        self.module = copy.deepcopy(get_model(model))
         if hasattr(self.module, NVUM_KEY) and isinstance(getattr(self.module, NVUM_KEY), nn.Module):
             delattr(self.module, NVUM_KEY)          # never nest a teacher inside the teacher
+        strip_train_state(self.module)              # the student's checkpoint state is not the teacher's
         self.module.requires_grad_(False)
         self.register_buffer('n_updates', torch.zeros((), dtype=torch.long))
 
     def forward(self, *args, **kwargs): return self.module(*args, **kwargs)
 
     def _pairs(self, model):
-        src, dst = _student_state(model), self.module.state_dict()
+        src, dst = _student_state(model), _state_tensors(self.module)
         if src.keys() != dst.keys():
             diff = sorted(set(src) ^ set(dst))[:5]
             raise KeyError(f"EMATeacher: the student's state no longer matches the teacher's (e.g. {diff})")
@@ -131,6 +144,7 @@ class EMATeacher(nn.Module):
             if d.is_floating_point(): ema.append(d); new.append(s.to(d.dtype))
             else: d.copy_(s)
         if ema: torch._foreach_lerp_(ema, new, 1.0 - self.decay)
+        all_reduce_mean_(list(self.module.buffers()))   # distributed: BatchNorm statistics of all ranks, so the teacher stays one
         self.n_updates += 1
 
     @torch.no_grad()
@@ -148,7 +162,7 @@ class NVUMState(nn.Module):
 
 def nvum_state(model:nn.Module) -> NVUMState|None:
     "The `NVUMState` attached to `model`, if any."
-    st = model._modules.get(NVUM_KEY)
+    st = get_model(model)._modules.get(NVUM_KEY)
     return st if isinstance(st, NVUMState) else None
 
 def strip_nvum(model:nn.Module) -> NVUMState|None:
@@ -204,6 +218,9 @@ class NVUMCallback(ModelStateCallback):
         self._lam_dist = torch.distributions.Beta(torch.tensor(1.), torch.tensor(1.))
 
     @property
+    def train_method(self) -> str: return 'nvum' if self.base_loss is None else f"nvum(base_loss={loss_name(self.base_loss)})"
+
+    @property
     def state(self) -> NVUMState: return nvum_state(self._student if self._student is not None else self.learn.model)
     @property
     def memory(self) -> NVUMMemory: return self.state.memory
@@ -247,7 +264,7 @@ class NVUMCallback(ModelStateCallback):
         with torch.no_grad(): zt = st.teacher(*self.learn.xb)
         if zt.shape[-1] != st.memory.n_classes:
             raise ValueError(f"NVUMCallback: the model has {zt.shape[-1]} outputs but the prior has {st.memory.n_classes} classes")
-        st.memory.update(idx, zt)
+        st.memory.update(*item_writes(self.learn.dl, idx, zt))    # distributed: the rows of every rank, each item once
         if self.memory_mixup:
             lam = float(self._lam_dist.sample()); lam = max(lam, 1 - lam)
             self._q = st.memory.targets(idx, torch.randperm(len(idx), device=zt.device), lam)

@@ -15,7 +15,8 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback
 import fastai.callback.schedule  # fit_one_cycle
 from .data import CXRDataLoader
-from .learner import MaskedBCEWithLogits, ModelStateCallback, classifier_of, feature_size, HeadInput, add_to_opt
+from .learner import (MaskedBCEWithLogits, ModelStateCallback, classifier_of, feature_size, HeadInput, add_to_opt,
+                                  param_device, resumed_epoch)
 from .labels import group_classes
 from .mixup import augmented_view
 
@@ -176,7 +177,7 @@ _DEFAULT_WEIGHT = {'supcon': 0.05, 'triplet': 0.1}
 
 class MetricLearningCallback(ModelStateCallback):
     "Stage 1: BCE (the learner's loss) + `weight` * a multi-label metric loss on projected, L2-normalised features of `views` views."
-    order, model_key = 0, HEAD_KEY
+    order, model_key, train_method = 0, HEAD_KEY, 'metric-learning'
     def __init__(self,
         loss='supcon',        # 'supcon', 'triplet', or a function (embeddings [views*B, d], targets [B, C], views=) -> scalar
         weight:float=None,    # lambda; default 0.05 with 'supcon', 0.1 with 'triplet' (see 'Our reading')
@@ -202,6 +203,19 @@ class MetricLearningCallback(ModelStateCallback):
 
     @property
     def head(self) -> ProjectionHead: return self.learn.model._modules.get(HEAD_KEY)
+
+    @classmethod
+    def rebuild(cls, model:nn.Module, state_dict:dict, prefix:str='') -> list:
+        "The projection head of a checkpoint (e.g. of stage 2, after stage 1) that `model` lacks, re-created from its shapes."
+        key = prefix + HEAD_KEY + '.net.'
+        if model._modules.get(HEAD_KEY) is not None: return []
+        if key + 'weight' in state_dict: head = ProjectionHead(state_dict[key + 'weight'].shape[1], state_dict[key + 'weight'].shape[0], 0)
+        elif key + '0.weight' in state_dict:
+            w0, w2 = state_dict[key + '0.weight'], state_dict[key + '2.weight']
+            head = ProjectionHead(w0.shape[1], w2.shape[0], w0.shape[0])
+        else: return []
+        model.add_module(HEAD_KEY, head.to(param_device(model)))
+        return [head]
 
     def attach(self) -> ProjectionHead:
         "Attach the projection head to `learn.model` (once) and make sure the optimiser, if any, has its parameters."
@@ -364,7 +378,7 @@ def _reset_parameters(module:nn.Module):
 
 class RebalanceStage(Callback):
     "Stage 2: freeze all but the classifier, re-initialise it, train it with class-balanced sampling and/or re-weighting."
-    order = 0   # after TrainEvalCallback, which puts the model in train mode
+    order, train_method = 0, 'rebalance-stage'   # after TrainEvalCallback, which puts the model in train mode
     def __init__(self,
         sampler:str|None='rarest',  # 'rarest', 'repeat' or None (instance-balanced)
         reweight:bool=False,        # masked BCE with per-class positive weights (counted under the sampler)
@@ -390,12 +404,13 @@ class RebalanceStage(Callback):
             keep = id(p) in cls_ids
             p.requires_grad_(keep)
             if not keep: p.grad = None
-        if self.reinit:
+        resuming = resumed_epoch(learn) > 0      # fit(start_epoch=k) after learn.load: the classifier and its state are the checkpoint's
+        if self.reinit and not resuming:
             _reset_parameters(clf)
             for p in clf.parameters(): p.grad = None
         add_to_opt(learn, clf)
         opt = learn.opt
-        for p in clf.parameters():   # fresh optimiser state for the classifier
+        for p in ([] if resuming else clf.parameters()):   # fresh optimiser state for the classifier
             opt.state[p] = {k: v for k, v in opt.state.get(p, {}).items() if k in opt._keep_on_clear}
         labels = train_targets(learn.dls.train)
         self.weights = sample_weights(labels, self.sampler, self.t)

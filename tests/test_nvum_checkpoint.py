@@ -175,3 +175,20 @@ def test_model_pickles_with_its_state(tmp_path):
     cb = pickle.loads(pickle.dumps(learn.nvum))
     assert cb.reg_weight == 1.0
 
+
+
+def test_teacher_has_no_training_state_of_its_own(tmp_path):
+    "With cxr_learner the student carries a TrainState; its teacher copy does not, and the EMA pairs only weights."
+    from cxr_noisy_lt.data import toy_cxr, cxr_dls
+    from cxr_noisy_lt.learner import cxr_learner, TRAIN_STATE_KEY
+    frame, images = toy_cxr(n=60, size=16, seed=0)
+    dls = cxr_dls(frame, list(frame.columns[3:7]), images, bs=8, seed=0)
+    learn = cxr_learner(dls, 'narrow_resnet10', metrics=[], cbs=NVUMCallback(), path=tmp_path)
+    fit(learn, 1)
+    keys = learn.model.state_dict().keys()
+    assert f'{TRAIN_STATE_KEY}._extra_state' in keys
+    assert not any(TRAIN_STATE_KEY in k for k in keys if k.startswith('nvum.'))
+    assert TRAIN_STATE_KEY not in _student_state(learn.model) and not any(k.startswith('nvum.') for k in _student_state(learn.model))
+    learn.save('ck')
+    learn2 = cxr_learner(dls, 'narrow_resnet10', metrics=[], cbs=NVUMCallback(), path=tmp_path).load('ck')
+    same_state(learn2.nvum.state, learn.nvum.state)
