@@ -287,13 +287,7 @@ def as_bench(source) -> BenchData:
 # %% ../nbs/23_widgets.ipynb #0dc79710
 FS = 9                                                          # the smallest font of every figure, in points
 
-def _runs(values) -> list:
-    "(value, first, last) of each run of equal consecutive `values`."
-    out = []
-    for i, v in enumerate(values):
-        if out and out[-1][0] == v: out[-1][2] = i
-        else: out.append([v, i, i])
-    return [tuple(o) for o in out]
+from .report import _runs                           # (value, first, last) of each run of equal values
 
 def shade_groups(ax, groups, y:float=1.02):
     "Shade each run of equal `groups` along the x axis (positions 0, 1, ...) in its group colour and name it above the axes."
