@@ -22,14 +22,6 @@ def base(tmp_path_factory):
     for k in ('nih', 'mimic', 'padchest', 'chestmnist'): make_example(k, b / k, size=28 if k == 'chestmnist' else 32)
     return b
 
-@pytest.fixture
-def copy(base, tmp_path):
-    "A fresh copy of an example folder that a test may break."
-    def _copy(name):
-        shutil.copytree(base / name, tmp_path / name)
-        return tmp_path / name
-    return _copy
-
 def snapshot(root):
     "Every file under `root` with its size and modification time: a load that fails must leave it as it was."
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob('*')) if p.is_file()}

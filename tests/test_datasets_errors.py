@@ -19,14 +19,6 @@ def base(tmp_path_factory):
     for k in NAMES + ['chestmnist']: make_example(k, b / k, size=28 if k == 'chestmnist' else 32)
     return b
 
-@pytest.fixture
-def copy(base, tmp_path):
-    "A fresh copy of an example folder that a test may break."
-    def _copy(name):
-        shutil.copytree(base / name, tmp_path / name)
-        return tmp_path / name
-    return _copy
-
 # the image folder
 @pytest.mark.parametrize('name', NAMES + ['chestmnist'])
 def test_missing_folder(tmp_path, name):
