@@ -460,14 +460,28 @@ class BenchRunner:
         return ph
 
     def _check_folder(self, resume:bool):
-        "Keep saved runs only for an identical configuration: resuming under another one would mix grids."
+        """Keep saved runs only for an identical configuration: a folder whose saved runs used another one is
+        refused, with or without `resume` (resuming would mix grids; running anew would leave its runs beside
+        the new ones, for a later resume to mix). Nothing in the folder is changed when it is refused."""
         fn = self.runs / 'config.json'
         cfg = self.config()
-        if resume and fn.exists():
-            old = json.loads(fn.read_text())
+        saved = sorted(p.name for p in self.runs.glob('*.csv') if not p.name.endswith('.curves.csv')) if self.runs.is_dir() else []
+        if fn.exists():
+            try: old = json.loads(fn.read_text())
+            except ValueError as e:
+                raise ValueError(f"{fn} is unreadable ({e}): cannot tell which configuration the {len(saved)} saved run(s) "
+                                 f"in {self.runs} used; pass another out folder, or delete {self.runs} to start afresh") from None
             diff = {k: (old.get(k), cfg[k]) for k in cfg if old.get(k) != cfg[k]}
-            if diff: raise ValueError(f"cannot resume in {self.out}: its runs used another configuration: "
-                                      + ', '.join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items()))
+            if diff and (resume or saved):
+                what = ', '.join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+                if resume: raise ValueError(f"cannot resume in {self.out}: its runs used another configuration: {what}; "
+                                            f"resume with its settings, or pass another out folder")
+                raise ValueError(f"{self.out} holds {len(saved)} saved run(s) of another configuration ({what}); running "
+                                 f"this one there would mix the two: pass another out folder, or delete {self.runs} "
+                                 f"to start afresh")
+        elif saved:
+            raise ValueError(f"{self.out} holds {len(saved)} saved run(s) but no {fn.name} saying which "
+                             f"configuration they used; pass another out folder, or delete {self.runs} to start afresh")
         self.runs.mkdir(parents=True, exist_ok=True)
         fn.write_text(json.dumps(cfg, indent=1))
 

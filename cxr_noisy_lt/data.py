@@ -108,18 +108,24 @@ def check_patient_splits(frame:pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/03_data.ipynb #2af3db4f
 def read_image(fn, size:int) -> np.ndarray:
-    "Read image file `fn` as a uint8 grayscale array [size, size] (8- or 16-bit PNG, JPEG, ...)."
+    "Read image file `fn` as a uint8 grayscale array [size, size] (8- or 16-bit PNG, JPEG, ...); a file it cannot read raises `OSError` naming it."
     fn = Path(fn)
     if not fn.exists(): raise FileNotFoundError(f"image file not found: {fn}")
-    with Image.open(fn) as im:
-        if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
-            a = np.asarray(im, dtype=np.float32)
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
-            im2 = Image.fromarray(a.round().astype(np.uint8))
-        else: im2 = im.convert('L')
-        if im2.size != (size, size): im2 = im2.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-        return np.asarray(im2, dtype=np.uint8)
+    try:
+        with Image.open(fn) as im:
+            if im.mode in ('I;16', 'I;16B', 'I;16L', 'I', 'F'):
+                a = np.asarray(im, dtype=np.float32)
+                if not np.isfinite(a).all(): raise ValueError(f"the {im.mode} image has non-finite pixel values")
+                lo, hi = float(a.min()), float(a.max())
+                a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+                im2 = Image.fromarray(a.round().astype(np.uint8))
+            else:
+                try: im2 = im.convert('L')
+                except ValueError as e: raise ValueError(f"cannot convert a {im.mode} image to grayscale ({e})") from None
+            if im2.size != (size, size): im2 = im2.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+            return np.asarray(im2, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:      # PIL: not an image, cut short, a mode without grayscale
+        raise OSError(f"{fn}: cannot read the image: {e}") from e
 
 # %% ../nbs/03_data.ipynb #8ac3efba
 def _label_cols(classes:LabelSpace, label_cols):
@@ -251,7 +257,8 @@ def _split_rows(frame, split, what='cxr_dls'):
         raise KeyError(f"{what}: the frame has no 'split' column (use patient_split); columns: {list(frame.columns)}")
     rows = frame[frame['split'] == split]
     if len(rows) == 0:
-        raise ValueError(f"{what}: split {split!r} is empty; the frame's splits are {frame['split'].value_counts().to_dict()}")
+        counts = {str(k): int(v) for k, v in frame['split'].value_counts().items()}
+        raise ValueError(f"{what}: split {split!r} is empty; the frame's splits are {counts}")
     return rows
 
 def _pixel_stats(ds, n=None, seed=0):

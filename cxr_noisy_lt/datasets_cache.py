@@ -31,8 +31,8 @@ def _reader_name(reader) -> str:
     return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', type(f).__name__)}"
 
 def cache_paths(out):
-    "(data file, sidecar): `out` with suffix '.npy', and the same with '.json'."
-    out = Path(out)
+    "(data file, sidecar): `out` (with '~' expanded) with suffix '.npy', and the same with '.json'."
+    out = Path(out).expanduser()
     npy = out if out.suffix == '.npy' else out.with_name(out.name + '.npy')
     return npy, npy.with_suffix('.json')
 

@@ -27,8 +27,8 @@ import fastai.callback.schedule  # fit_one_cycle, lr_find
 from .data import cxr_dls, test_dl, CXRDataLoader
 
 # %% auto #0
-__all__ = ['TRAIN_STATE_KEY', 'label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'cxr_learner', 'narrow_resnet10',
-           'narrow_resnet10_os8', 'predict_split', 'param_device', 'add_to_opt', 'remove_from_opt',
+__all__ = ['TRAIN_STATE_KEY', 'label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'n_outputs', 'cxr_learner',
+           'narrow_resnet10', 'narrow_resnet10_os8', 'predict_split', 'param_device', 'add_to_opt', 'remove_from_opt',
            'ModelStateCallback', 'train_only_keys', 'rng_state', 'set_rng_state', 'encode_state', 'decode_state',
            'pack_tensors', 'unpack_tensors', 'resumed_epoch', 'train_items', 'loss_name', 'learner_fingerprint',
            'fingerprint_diff', 'TrainState', 'train_state_of', 'strip_train_state', 'TrainStateCallback',
@@ -58,6 +58,10 @@ class MaskedBCEWithLogits(nn.Module):
         self.register_buffer('pos_weight', None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
 
     def forward(self, logits, target, *extra):
+        if logits.shape != target.shape:
+            raise ValueError(f"MaskedBCEWithLogits: the model gives {logits.shape[-1]} outputs per image but the target has "
+                             f"{target.shape[-1]} classes (logits {tuple(logits.shape)}, target {tuple(target.shape)}); "
+                             f"the model needs one output per class of the data")
         mask, t = label_mask(target)
         pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
         loss = F.binary_cross_entropy_with_logits(logits, t.to(logits.dtype), pos_weight=pw, reduction='none')
@@ -115,13 +119,28 @@ def cxr_model(arch:str='resnet18', n_out:int=14, pretrained=False, in_chans:int=
     "A timm model `arch` with `in_chans` input channels and `n_out` outputs."
     return timm.create_model(arch, in_chans=in_chans, num_classes=n_out, **_pretrained_kwargs(arch, pretrained), **kwargs)
 
+def n_outputs(model:nn.Module) -> int|None:
+    "How many outputs `model` gives, where it says: the `out_features` of timm's `get_classifier()`, or `num_classes`; else None."
+    clf = model.get_classifier() if callable(getattr(model, 'get_classifier', None)) else None
+    if isinstance(clf, nn.Linear): return clf.out_features
+    n = getattr(model, 'num_classes', None)
+    return n if isinstance(n, int) else None
+
 def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False, metrics=None, opt_func=Adam,
                 model_kwargs:dict=None, train_state:bool=True, **kwargs) -> Learner:
     "A fastai `Learner` with a one-channel timm model `arch` (or a given `nn.Module`) and the masked BCE loss; with `train_state`, checkpoints that resume exactly (`TrainStateCallback`)."
-    model = arch if isinstance(arch, nn.Module) else cxr_model(arch, len(dls.classes), pretrained, **(model_kwargs or {}))
     if getattr(dls, 'n_inp', None) != 1:
         raise ValueError("cxr_learner needs DataLoaders with n_inp == 1 (batches of image, target, idx): use cxr_dls")
-    metrics = _default_metrics(dls.classes) if metrics is None else metrics
+    classes = getattr(dls, 'classes', None)
+    if classes is None:
+        raise ValueError("cxr_learner needs DataLoaders that name their classes (`dls.classes`) and give batches of "
+                         "(image, target, idx): use cxr_dls")
+    model = arch if isinstance(arch, nn.Module) else cxr_model(arch, len(classes), pretrained, **(model_kwargs or {}))
+    n_out = n_outputs(model)
+    if n_out is not None and n_out != len(classes):
+        raise ValueError(f"cxr_learner: the model has {n_out} outputs but the data has {len(classes)} classes {list(classes)}; "
+                         f"build it with one output per class, e.g. cxr_model(arch, n_out={len(classes)})")
+    metrics = _default_metrics(classes) if metrics is None else metrics
     learn = Learner(dls, model, loss_func=ifnone(loss_func, MaskedBCEWithLogits()), opt_func=opt_func,
                     metrics=metrics, cbs=cbs, **kwargs)
     learn.arch = arch if isinstance(arch, str) else type(arch).__name__
@@ -161,6 +180,9 @@ def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, 
         with torch.no_grad():
             for x, y, idx in dl:
                 p = torch.sigmoid(model(x.to(dev)).float()).cpu().numpy()
+                if p.shape[1:] != (C,):
+                    raise ValueError(f"predict_split: the model gives {p.shape[-1]} outputs per image but the data has {C} "
+                                     f"classes {list(dl.dataset.classes)}")
                 probs[idx.cpu().numpy()] = p
                 targs[idx.cpu().numpy()] = y.cpu().numpy()
     finally: model.train(was_training)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/04_metrics.ipynb #370e946c
 from __future__ import annotations
+import warnings
 import numpy as np
 import pandas as pd
 import torch
@@ -174,7 +175,7 @@ class _MeanMultiLabel(Metric):
     _func = None
     def __init__(self, sigmoid:bool=True, classes=None):
         self.sigmoid, self.classes = sigmoid, classes
-        self.per_class, self.n_defined = None, 0
+        self.per_class, self.n_defined, self._warned = None, 0, set()
     def reset(self): self.preds, self.targs = [], []
     def accumulate(self, learn):
         pred = learn.pred[0] if isinstance(learn.pred, (tuple, list)) else learn.pred
@@ -190,7 +191,18 @@ class _MeanMultiLabel(Metric):
             return float('nan')
         self.per_class = type(self)._func(t, p, self.classes)
         m, self.n_defined = macro(self.per_class, count=True)
+        self._warn_undefined()
         return m
+
+    def _warn_undefined(self):
+        "Warn, once per set of classes, about the classes left out of the mean."
+        bad = tuple(int(j) for j in np.flatnonzero(np.isnan(self.per_class)))
+        if not bad or bad in self._warned: return
+        self._warned.add(bad)
+        names = [self.classes[j] for j in bad] if self.classes is not None else [f"class {j}" for j in bad]
+        warnings.warn(f"{type(self).__name__}: {len(bad)} validation class(es) have no positive or no negative among their "
+                      f"known labels: {names}; their value is NaN (see .per_class) and the mean is over the other "
+                      f"{self.n_defined} class(es)", stacklevel=2)
 
 class MeanAUC(_MeanMultiLabel):
     "Macro AUROC over the validation classes that have both a positive and a negative (NaN labels dropped)."

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import copy
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +32,8 @@ def nvum_prior(labels, no_finding_col:int|None=None) -> np.ndarray:
         raise ValueError(f"nvum_prior: {col(c)} holds values other than 0, 1 and NaN: {np.unique(y[bad[:, c], c])[:5]}")
     n_known = known.sum(0)
     if (n_known == 0).any():
-        raise ValueError(f"nvum_prior: {col(int(np.flatnonzero(n_known == 0)[0]))} has no labelled entry; its prior is undefined")
+        raise ValueError(f"nvum_prior: {col(int(np.flatnonzero(n_known == 0)[0]))} has no labelled entry; its prior is undefined "
+                         f"(pass the prior, e.g. NVUMCallback(prior=...), or leave the class out)")
     share = np.where(known, y, 0.).sum(0) / n_known     # share positive among the images where c is known
     if no_finding_col is None: return share
     nf = int(no_finding_col)
@@ -231,6 +233,9 @@ class NVUMCallback(ModelStateCallback):
         if self.prior is not None: return np.asarray(self.prior, dtype=np.float64)
         lab = train_labels(self.learn.dls)
         if len(lab) != n_items: raise ValueError(f"NVUMCallback: {len(lab)} training labels for {n_items} training items")
+        classes = getattr(self.learn.dls, 'classes', None)
+        if classes is not None and not isinstance(classes, str) and len(classes) == lab.shape[1]:
+            lab = pd.DataFrame(lab, columns=[str(c) for c in classes])      # errors name the class
         return nvum_prior(lab, _no_finding_index(self.learn.dls, self.no_finding))
 
     def attach(self) -> NVUMState:
