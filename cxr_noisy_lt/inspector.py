@@ -316,7 +316,8 @@ def inspector_view(flaggers:dict, rows:pd.DataFrame, classes, images, flagger:st
     if all(clean_col(c) in rows.columns for c in classes):
         t = flag_scores(flaggers[flagger], label_errors(rows, classes), classes).loc[[cls]]
     else: t = pd.DataFrame({'flagged': [len(ent)]}, index=pd.Index([cls], name='class'))
-    return fig, t.reset_index().assign(flagger=flagger)[['flagger'] + ['class'] + list(t.columns)], ent.head(n)
+    shown = ent.head(n).astype({c: 'Int64' for c in ('given', 'clean', 'wrong') if c in ent.columns})   # 0 / 1 / <NA>, not 1.000
+    return fig, t.reset_index().assign(flagger=flagger)[['flagger'] + ['class'] + list(t.columns)], shown
 
 def noise_inspector(flaggers:dict, rows:pd.DataFrame, classes, images, n:int=12, boxes:pd.DataFrame=None) -> widgets.VBox:
     "A widget: dropdowns for the flagger and the class over `inspector_view`'s gallery and tables."

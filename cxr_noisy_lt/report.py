@@ -57,9 +57,9 @@ def summarize(results:pd.DataFrame, labels='clean', select:str='best') -> pd.Dat
 
 # %% ../nbs/21_report.ipynb #e2f1607d
 def fmt_pm(mean, std, digits=3) -> str:
-    "'mean ± std' as text; '–' where the mean is undefined."
+    "'mean ± std' as text ('mean' alone where `std` is None: one seed); '–' where the mean is undefined."
     if mean is None or not np.isfinite(mean): return '–'
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 def markdown_table(df:pd.DataFrame, floatfmt='.3f') -> str:
     "A GitHub-flavoured Markdown table of `df` (no extra dependency)."
@@ -72,10 +72,10 @@ def markdown_table(df:pd.DataFrame, floatfmt='.3f') -> str:
 
 def summary_table(results:pd.DataFrame, labels='clean', figures=('mAUC', 'mAP', 'head_AUC', 'medium_AUC', 'tail_AUC', 'tail_AP'),
                   select:str='best') -> pd.DataFrame:
-    "The summary as printable 'mean ± std' strings, one row per (method, noise)."
+    "The summary as printable 'mean ± std' strings, one row per (method, noise); the mean alone for one seed."
     sm = summarize(results, labels, select)
     out = sm[['method', 'noise', 'seeds']].copy()
-    for f in figures: out[f] = [fmt_pm(m, s) for m, s in zip(sm[f], sm[f + '_std'])]
+    for f in figures: out[f] = [fmt_pm(m, s if n > 1 else None) for m, s, n in zip(sm[f], sm[f + '_std'], sm['seeds'])]
     return out
 
 # %% ../nbs/21_report.ipynb #13f84586

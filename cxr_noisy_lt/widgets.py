@@ -28,11 +28,11 @@ from .gradcam import (CAM_METHODS, cam_method, cam_inputs, gradcam_maps, class_i
 # %% auto #0
 __all__ = ['PHANTOM_KEYS', 'RUN_FILE', 'FS', 'SUMMARY_NAMES', 'MEAN_ROW', 'METRICS', 'LABELLED', 'TOP', 'SUBSETS', 'NotAvailable',
            'fig_image', 'message', 'set_output', 'tabbed_explorer', 'method_colors', 'phantom_test_frame', 'save_probs',
-           'BenchData', 'load_bench', 'as_bench', 'shade_groups', 'class_ticks', 'legend_outside', 'plot_class_bars',
-           'results_view', 'threshold_metrics', 'roc_view', 'threshold_view', 'class_deltas', 'delta_colors',
-           'compare_view', 'plot_learning_curves', 'results_explorer', 'explorer_classes', 'frame_labels', 'layer_name',
-           'cam_layers', 'draw_gaze', 'gradcam_view', 'plot_image_probs', 'gradcam_gallery', 'gradcam_methods_view',
-           'image_subset', 'gradcam_explorer']
+           'BenchData', 'load_bench', 'as_bench', 'bench_data', 'shade_groups', 'class_ticks', 'legend_outside',
+           'plot_class_bars', 'results_view', 'threshold_metrics', 'roc_view', 'threshold_view', 'class_deltas',
+           'delta_colors', 'compare_view', 'plot_learning_curves', 'results_explorer', 'explorer_classes',
+           'frame_labels', 'layer_name', 'cam_layers', 'draw_gaze', 'gradcam_view', 'plot_image_probs',
+           'gradcam_gallery', 'gradcam_methods_view', 'image_subset', 'gradcam_explorer']
 
 # %% ../nbs/23_widgets.ipynb #1f2fa24d
 class NotAvailable(LookupError):
@@ -283,6 +283,42 @@ def as_bench(source) -> BenchData:
     if isinstance(source, pd.DataFrame): return BenchData(source)
     if isinstance(source, (str, Path)): return load_bench(source)
     raise TypeError(f"expected a cxr_bench folder, BenchData or a tidy results frame, got {type(source).__name__}")
+
+# %% ../nbs/23_widgets.ipynb #92e5752c
+def _test_frames(frame, keys) -> dict:
+    "{(noise, seed): test rows} for the run keys, from one labels frame or a dict {(noise, seed): frame}."
+    out = {}
+    for m, noise, seed, sel in keys:
+        f = frame.get((noise, seed)) if isinstance(frame, dict) else frame
+        if f is None: raise KeyError(f"no labels frame for noise {noise!r}, seed {seed} (of run {m!r}); frames: {list(frame)}")
+        out[(noise, seed)] = f[f['split'] == 'test']
+    return out
+
+def bench_data(probs:dict, frame, classes, curves:pd.DataFrame=None, epochs:dict=None, head:float=0.05, tail:float=0.02,
+               n_boot:int=N_BOOT) -> BenchData:
+    """`BenchData` of models trained in a notebook: `probs` maps (method, noise, seed, select) to test probabilities [N, C]
+    on the test split of `frame` (the labels frame the run trained on, with its `clean_` columns; or a dict
+    {(noise, seed): frame}). Results, bootstrap samples and class groups are computed as `cxr_bench` computes them."""
+    from cxr_noisy_lt.bench import evaluate, boot_samples
+    from cxr_noisy_lt.labels import frame_groups, label_stats
+    classes = list(label_space(classes))
+    probs = {_key(*k): np.asarray(v, np.float32) for k, v in probs.items()}
+    tests = _test_frames(frame, probs)
+    f0 = next(iter(frame.values())) if isinstance(frame, dict) else frame
+    ccols = [clean_col(c) for c in classes]
+    missing = [c for c in ccols if c not in f0]
+    if missing: raise KeyError(f"the labels frame has no clean labels {missing[:3]}: bench_data scores against them (see `noisy_frame`)")
+    truth = f0[['split'] + ccols].set_axis(['split'] + classes, axis=1)      # groups from the true training frequency
+    groups, n_pos = frame_groups(truth, classes, head=head, tail=tail), label_stats(truth, classes)['positives']
+    rows, boot = [], {}
+    for k, p in probs.items():
+        test = tests[k[1:3]]
+        if p.shape != (len(test), len(classes)):
+            raise ValueError(f"probabilities of {k}: shape {p.shape}, expected {(len(test), len(classes))} (test images, classes)")
+        ep = (epochs or {}).get(k, np.nan)
+        rows.append(evaluate(p, test, classes, groups, n_pos, method=k[0], noise=k[1], seed=k[2], select=k[3], epoch=ep))
+        boot[k] = boot_samples(p, test, classes, n_boot=n_boot)
+    return BenchData(pd.concat(rows, ignore_index=True), curves, boot, probs, test_frames=tests, source='models trained here')
 
 # %% ../nbs/23_widgets.ipynb #0dc79710
 FS = 9                                                          # the smallest font of every figure, in points
