@@ -22,13 +22,10 @@ def base(tmp_path_factory):
     for k in ('nih', 'mimic', 'padchest', 'chestmnist'): make_example(k, b / k, size=28 if k == 'chestmnist' else 32)
     return b
 
-def snapshot(root):
-    "Every file under `root` with its size and modification time: a load that fails must leave it as it was."
-    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob('*')) if p.is_file()}
 
 # labels outside {0, 1, NaN}
 @pytest.mark.parametrize('value,shown', [(2, '2.0'), ('yes', "'yes'"), (0.5, '0.5')])
-def test_label_outside_01(copy, value, shown):
+def test_label_outside_01(copy, value, shown, snapshot):
     d = copy('mimic')
     p = d / (MIMIC_FILES['chexpert'] + '.gz')
     t = pd.read_csv(p)
@@ -132,7 +129,7 @@ def test_image_mode_without_grayscale(copy, tmp_path):
     with pytest.raises(ImageReadError, match=r'nan.tif: the F image has non-finite pixel values'): read_xray(tmp_path / 'nan.tif', 8)
 
 # nothing left to load
-def test_no_image_left_after_views(copy):
+def test_no_image_left_after_views(copy, snapshot):
     d = copy('nih')
     p = d / NIH_CSV[0]
     t = pd.read_csv(p); t['View Position'] = 'PA'; t.to_csv(p, index=False)

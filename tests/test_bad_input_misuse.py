@@ -108,9 +108,6 @@ class Net(nn.Module):
     def forward(self, x): return self.fc(F.relu(self.conv(x)).mean((2, 3)))
 
 
-def snapshot(root):
-    "Every file under `root` with its bytes: a refused call must leave them as they were."
-    return {p: p.read_bytes() for p in sorted(Path(root).rglob('*')) if p.is_file()}
 
 
 # --- DataLoaders without item indices given to NVUM ----------------------------------------------------------------
@@ -335,7 +332,7 @@ def folder(tmp_path, monkeypatch):
     return out
 
 
-def test_folder_of_another_configuration_refused(folder):
+def test_folder_of_another_configuration_refused(folder, snapshot):
     before = snapshot(folder)
     kw = dict(methods=('bce',), noise=('none',), out=folder, **(TINY | dict(epochs=3)))
     with pytest.raises(ValueError) as e: run_bench(**kw, resume=True)
@@ -358,7 +355,7 @@ def test_folder_of_another_configuration_refused(folder):
     fct.test_eq(json.loads((folder / 'runs' / 'config.json').read_text())['epochs'], 3)
 
 
-def test_folder_without_readable_configuration(folder):
+def test_folder_without_readable_configuration(folder, snapshot):
     cfg = folder / 'runs' / 'config.json'
     cfg.write_text('{"n": 200, ')                                               # cut short
     before = snapshot(folder)
