@@ -18,7 +18,7 @@ def main():
     ap.add_argument('--epochs', type=int, default=30); ap.add_argument('--images', type=int, default=2000)
     ap.add_argument('--noise', default='nih-like:0.4'); ap.add_argument('--seed', type=int, default=0)
     a = ap.parse_args()
-    import numpy as np, pandas as pd, torch
+    import pandas as pd, torch
     from cxr_noisy_lt.phantom import make_phantom
     from cxr_noisy_lt.bench import profile, get_method, build_learner, noisy_frame
     from cxr_noisy_lt.data import test_dl
