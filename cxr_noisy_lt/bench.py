@@ -25,8 +25,8 @@ from .report import write_report, summary_table, markdown_table, delta_table, CU
 # %% auto #0
 __all__ = ['METHODS', 'SCHEDULES', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'Method', 'parse_method', 'get_method',
            'available_methods', 'Regime', 'profile', 'fit_regime', 'fitted_shares', 'EpochRecorder', 'evaluate',
-           'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'boot_samples',
-           'paired_boot_ci', 'reference_deltas', 'BenchRunner', 'run_bench', 'main', 'noise_gap_text']
+           'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs',
+           'boot_samples', 'paired_boot_ci', 'reference_deltas', 'BenchRunner', 'run_bench', 'main', 'noise_gap_text']
 
 # %% ../nbs/30_bench.ipynb #d5485f35
 @dataclass
@@ -244,7 +244,7 @@ class EpochRecorder(Callback):
         row = dict(epoch=len(self.rows) + 1, stage=stage, train_loss=self._loss / max(self._n, 1),
                    valid_noisy_mAUC=vn, valid_clean_mAUC=vc)
         if self.has_clean and len(self.train_rows):
-            pt, _, ft = predict_split(self.learn, self.train_rows, 'train', model=model, bs=512)
+            pt, _, ft = predict_split(self.learn, self.train_rows, 'train', model=model)
             row.update(fitted_shares(pt, ft[self.cols].to_numpy(float), ft[self.ccols].to_numpy(float)))
         row.update(train_seconds=t_train, eval_seconds=time.time() - self._t0 - t_train)
         self.rows.append(row)
@@ -294,9 +294,11 @@ def build_learner(method:Method, frame:pd.DataFrame, images, classes, regime:Reg
     dls.phantom = phantom                                # boxes and gaze, for methods that use annotations
     learn = method.make_learner(dls, arch=regime.arch, metrics=[], wd=regime.wd)
     learn.regime, learn.bench_stage = regime, 'main'
-    if regime.channels_last:
-        from fastai.callback.channelslast import ChannelsLast
-        learn.add_cb(ChannelsLast())
+    from fastai.callback.channelslast import ChannelsLast
+    has_cl = hasattr(learn, 'channels_last')               # cxr_learner's default; other recipes may lack it
+    if regime.channels_last and not has_cl: learn.add_cb(ChannelsLast())
+    elif not regime.channels_last and has_cl:
+        learn.remove_cb(learn.channels_last); learn.model.to(memory_format=torch.contiguous_format)
     amp = regime.amp_mode()
     if amp is not None:
         from fastai.callback.fp16 import MixedPrecision, AMPMode
@@ -324,7 +326,7 @@ def run_one(method:Method, frame:pd.DataFrame, images, classes, regime:Regime=No
         models[(f"{method.name}/{s}", 'last')] = rec.last[s]
     probs, epochs, cache = {}, {}, {}
     for k, (ep, m) in models.items():
-        if id(m) not in cache: cache[id(m)] = predict_split(learn, frame, 'test', model=m, bs=512)[0]
+        if id(m) not in cache: cache[id(m)] = predict_split(learn, frame, 'test', model=m)[0]
         probs[k], epochs[k] = cache[id(m)], ep
     return RunOutput(probs, epochs, rec.curves, time.time() - t0)
 
@@ -352,6 +354,12 @@ def noisy_frame(ph, spec:str, seed:int) -> pd.DataFrame:
 def task_name(method:str, spec:str, seed:int) -> str:
     "File-name key of one run: 'nvum__nih-like-0.4__seed1'."
     return f"{method}__{spec.replace(':', '-')}__seed{seed}"
+
+def save_probs(runs, task, probs:dict) -> Path:
+    "Write the test probabilities `probs` {(method, select): [N, C]} of run `task` (method, noise, seed) as `runs/<run>.probs.npz`."
+    fn = Path(runs) / f"{task_name(*task)}.probs.npz"
+    np.savez_compressed(fn, **{'|'.join(map(str, k)): np.asarray(v, np.float32) for k, v in probs.items()})
+    return fn
 
 _WORKER = {}
 def _worker_init(threads, phantom_kw, regime, groups, n_pos, verbose):
@@ -431,7 +439,7 @@ def reference_deltas(boot:dict, groups:pd.Series, methods) -> pd.DataFrame:
 class BenchRunner:
     "One benchmark: a grid of methods x noise settings x seeds under one `Regime`, its run folder, resume and worker processes."
     def __init__(self, methods=('bce',), noise=('none',), seeds=(0,), regime:Regime=None, out=None, workers:int=1,
-                 threads:int=None, resume:bool=False, verbose:bool=False, cache_dir=None, **regime_kw):
+                 threads:int=None, resume:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, **regime_kw):
         self.methods, self.noise, self.seeds = tuple(methods), tuple(noise), tuple(int(s) for s in seeds)
         self.regime = regime or Regime(**regime_kw)
         for m in self.methods: get_method(m)                  # fail early on a bad name
@@ -439,6 +447,7 @@ class BenchRunner:
         if workers < 1: raise ValueError(f"workers={workers!r}: expected at least 1")
         self.out = None if out is None else Path(out)
         self.workers, self.threads, self.resume, self.verbose, self.cache_dir = workers, threads, resume, verbose, cache_dir
+        self.save_probs = save_probs                          # also keep each run's test probabilities (runs/<run>.probs.npz)
         self.grid = [(m, s, seed) for seed in self.seeds for s in self.noise for m in self.methods]
         self.done, self.failed, self.missing = {}, {}, []
 
@@ -494,8 +503,9 @@ class BenchRunner:
                 with np.load(fns[2]) as z: boot = {tuple(k.split('|')): z[k] for k in z.files}
                 self.done[t] = (pd.read_csv(fns[0]), pd.read_csv(fns[1]), boot, secs.get(task_name(*t)))
 
-    def _save(self, t, res, curves, boot, secs):
+    def _save(self, t, res, curves, boot, secs, probs=None):
         stem = self.runs / task_name(*t)
+        if probs is not None: save_probs(self.runs, t, probs)   # before the results: a saved run has all its files
         res.to_csv(stem.with_name(stem.name + '.csv'), index=False)
         curves.to_csv(stem.with_name(stem.name + '.curves.csv'), index=False)
         np.savez(stem.with_name(stem.name + '.boot.npz'), **{'|'.join(k): v for k, v in boot.items()})
@@ -515,7 +525,7 @@ class BenchRunner:
         test = ph.frame[ph.frame['split'] == 'test']
         boot = {k: boot_samples(p, test, ph.classes) for k, p in probs.items()}
         self.done[t] = (res, curves, boot, secs)
-        if self.runs is not None: self._save(t, res, curves, boot, secs)
+        if self.runs is not None: self._save(t, res, curves, boot, secs, probs if self.save_probs else None)
 
     def run(self, report_only:bool=False) -> pd.DataFrame:
         """Run the grid's missing cells (all of them without `resume`), write the report to `out`, return the tidy results.
@@ -578,9 +588,11 @@ class BenchRunner:
         return res
 
 def run_bench(methods=('bce',), noise=('none',), seeds=(0,), out=None, workers:int=1, threads:int=None, resume:bool=False,
-              report_only:bool=False, verbose:bool=False, cache_dir=None, regime:Regime=None, **regime_kw) -> pd.DataFrame:
+              report_only:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, regime:Regime=None,
+              **regime_kw) -> pd.DataFrame:
     "Run the grid `methods` x `noise` x `seeds` on the phantom under `regime` (or `Regime(**regime_kw)`); see `BenchRunner`."
-    return BenchRunner(methods, noise, seeds, regime, out, workers, threads, resume, verbose, cache_dir, **regime_kw).run(report_only)
+    return BenchRunner(methods, noise, seeds, regime, out, workers, threads, resume, verbose, cache_dir, save_probs,
+                       **regime_kw).run(report_only)
 
 # %% ../nbs/30_bench.ipynb #734e7234
 def _csv(s, typ=str): return tuple(typ(x) for x in str(s).split(',') if x.strip() != '')
@@ -606,6 +618,7 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
          workers:int=None,              # processes running grid cells side by side (default: 2 on a CPU with 2 or more cores, else 1)
          resume:store_true=False,       # reuse the finished runs saved in --out (same configuration only)
          report_only:store_true=False,  # run nothing: report the runs saved in --out so far
+         save_probs:store_true=False,   # also keep each run's test probabilities (runs/<run>.probs.npz), for the ROC and threshold views
          list_methods:store_true=False, # list the available methods and exit
          verbose:store_true=False):     # show fastai's per-epoch tables
     "Compare methods on the phantom CXR benchmark and write a report."
@@ -621,7 +634,7 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
             n_runs = len(p['methods']) * len(p['noise']) * len(p['seeds'])
             workers = 1 if p['regime'].torch_device().type == 'cuda' else max(1, min(2, os.cpu_count() or 1, n_runs))
         res = BenchRunner(p['methods'], p['noise'], p['seeds'], p['regime'], out=out, workers=workers, threads=threads,
-                          resume=resume, verbose=verbose).run(report_only)
+                          resume=resume, verbose=verbose, save_probs=save_probs).run(report_only)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     r = p['regime']
     print(f"{r.arch}, {r.size} px, {r.epochs} epochs ({r.schedule} lr {r.lr:g}), phantom n={r.n}; clean test labels; "

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_learner.ipynb #a7bc536b
 from __future__ import annotations
-import base64, json, os, random, socket, weakref
+import base64, ctypes, json, os, platform, random, socket, sys, weakref
 from types import MethodType
 from pathlib import Path
 import numpy as np
@@ -19,6 +19,7 @@ from timm.models.resnet import ResNet, BasicBlock
 from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.callback.core import Callback
+from fastai.callback.channelslast import ChannelsLast
 from fastai.learner import Learner, SkipToEpoch
 from fastai.torch_core import get_model
 from fastai.optimizer import Adam
@@ -28,12 +29,12 @@ from .data import cxr_dls, test_dl, CXRDataLoader
 
 # %% auto #0
 __all__ = ['TRAIN_STATE_KEY', 'label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'n_outputs', 'cxr_learner',
-           'narrow_resnet10', 'narrow_resnet10_os8', 'predict_split', 'param_device', 'add_to_opt', 'remove_from_opt',
-           'ModelStateCallback', 'train_only_keys', 'rng_state', 'set_rng_state', 'encode_state', 'decode_state',
-           'pack_tensors', 'unpack_tensors', 'resumed_epoch', 'train_items', 'loss_name', 'learner_fingerprint',
-           'fingerprint_diff', 'TrainState', 'train_state_of', 'strip_train_state', 'TrainStateCallback',
-           'is_distributed', 'collective_device', 'all_gather_cat', 'check_same_data', 'distributed_setup',
-           'item_writes', 'all_reduce_mean_', 'classifier_of', 'feature_size', 'HeadInput']
+           'narrow_resnet10', 'narrow_resnet10_os8', 'keep_cpu_memory', 'predict_split', 'param_device', 'add_to_opt',
+           'remove_from_opt', 'ModelStateCallback', 'train_only_keys', 'rng_state', 'set_rng_state', 'encode_state',
+           'decode_state', 'pack_tensors', 'unpack_tensors', 'resumed_epoch', 'train_items', 'loss_name',
+           'learner_fingerprint', 'fingerprint_diff', 'TrainState', 'train_state_of', 'strip_train_state',
+           'TrainStateCallback', 'is_distributed', 'collective_device', 'all_gather_cat', 'check_same_data',
+           'distributed_setup', 'item_writes', 'all_reduce_mean_', 'classifier_of', 'feature_size', 'HeadInput']
 
 # %% ../nbs/05_learner.ipynb #71739362
 def label_mask(target:torch.Tensor):
@@ -127,14 +128,16 @@ def n_outputs(model:nn.Module) -> int|None:
     return n if isinstance(n, int) else None
 
 def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False, metrics=None, opt_func=Adam,
-                model_kwargs:dict=None, train_state:bool=True, **kwargs) -> Learner:
-    "A fastai `Learner` with a one-channel timm model `arch` (or a given `nn.Module`) and the masked BCE loss; with `train_state`, checkpoints that resume exactly (`TrainStateCallback`)."
+                model_kwargs:dict=None, train_state:bool=True, channels_last:bool=True, **kwargs) -> Learner:
+    """A fastai `Learner` with a one-channel timm model `arch` (or a given `nn.Module`) and the masked BCE loss; with `train_state`,
+    checkpoints that resume exactly (`TrainStateCallback`); with `channels_last`, the model in channels-last memory format (fastai's `ChannelsLast`)."""
     if getattr(dls, 'n_inp', None) != 1:
         raise ValueError("cxr_learner needs DataLoaders with n_inp == 1 (batches of image, target, idx): use cxr_dls")
     classes = getattr(dls, 'classes', None)
     if classes is None:
         raise ValueError("cxr_learner needs DataLoaders that name their classes (`dls.classes`) and give batches of "
                          "(image, target, idx): use cxr_dls")
+    keep_cpu_memory()                                 # once per process; see 'Memory on a CPU'
     model = arch if isinstance(arch, nn.Module) else cxr_model(arch, len(classes), pretrained, **(model_kwargs or {}))
     n_out = n_outputs(model)
     if n_out is not None and n_out != len(classes):
@@ -145,6 +148,9 @@ def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False
                     metrics=metrics, cbs=cbs, **kwargs)
     learn.arch = arch if isinstance(arch, str) else type(arch).__name__
     if train_state: learn.add_cb(TrainStateCallback())
+    if channels_last:                                 # now, so that predicting before a fit is fast too; the callback keeps it so
+        model.to(memory_format=torch.channels_last)
+        learn.add_cb(ChannelsLast())
     return learn
 
 # %% ../nbs/05_learner.ipynb #7b2421c5
@@ -165,6 +171,26 @@ def narrow_resnet10_os8(pretrained:bool=False, **kwargs) -> nn.Module:
 
 for _f in (narrow_resnet10, narrow_resnet10_os8):
     if not timm.models.is_model(_f.__name__): register_model(_f)
+
+# %% ../nbs/05_learner.ipynb #c7a1e0f2
+_CPU_MEMORY = {}
+_MALLOC_ENV = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_')
+
+def keep_cpu_memory(mmap_threshold:int=32 << 20, trim_threshold:int=1 << 30) -> bool:
+    """Let glibc's allocator keep freed memory for reuse instead of returning it to the system after every step
+    (`mallopt` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); once per process. Whether the settings are in force."""
+    if 'ok' in _CPU_MEMORY: return _CPU_MEMORY['ok']
+    ok = False
+    env_set = any(k in os.environ for k in _MALLOC_ENV) or 'glibc.malloc' in os.environ.get('GLIBC_TUNABLES', '')
+    if (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc' and not env_set
+            and os.environ.get('CXR_KEEP_CPU_MEMORY', '1') != '0'):
+        try:
+            libc = ctypes.CDLL('libc.so.6')
+            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+            ok = bool(libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
+        except (OSError, AttributeError): ok = False
+    _CPU_MEMORY['ok'] = ok
+    return ok
 
 # %% ../nbs/05_learner.ipynb #e0122861
 def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, model:nn.Module=None, bs:int=None):

@@ -40,10 +40,10 @@ def check_scores(y_true, y_score, classes=None):
         j = int(bad.any(0).argmax())
         raise ValueError(f"y_true: {_cname(classes, j)} has {int(bad[:, j].sum())} label(s) outside {{0, 1, NaN}}, "
                          f"e.g. {np.unique(y[bad[:, j], j])[:5].tolist()}")
-    nf = ~np.isfinite(s)
+    nf = ~np.isfinite(s) & ~np.isnan(y)           # a score where the label is unknown is never used
     if nf.any():
         j = int(nf.any(0).argmax())
-        raise ValueError(f"y_score: {_cname(classes, j)} has {int(nf[:, j].sum())} non-finite score(s)")
+        raise ValueError(f"y_score: {_cname(classes, j)} has {int(nf[:, j].sum())} non-finite score(s) where the label is known")
     return y, s
 
 def _per_class(func, y_true, y_score, classes=None):

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import copy
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -19,11 +18,12 @@ __all__ = ['NVUM_KEY', 'nvum_prior', 'NVUMMemory', 'nvum_regularizer', 'masked_m
            'strip_nvum', 'train_labels', 'NVUMCallback']
 
 # %% ../nbs/10_nvum.ipynb #3bab50ae
-def nvum_prior(labels, no_finding_col:int|None=None) -> np.ndarray:
-    "Class prior `pi` [C] from training labels [N, C] (1, 0 or NaN = unknown), with NVUM's No-Finding rule."
-    names = [str(c) for c in labels.columns] if hasattr(labels, 'columns') else None
+def nvum_prior(labels, no_finding_col:int|None=None, classes=None) -> np.ndarray:
+    "Class prior `pi` [C] from training labels [N, C] (1, 0 or NaN = unknown), with NVUM's No-Finding rule; errors name the class (`classes`, or the columns of a frame)."
     y = np.asarray(labels, dtype=np.float64)
     if y.ndim != 2: raise ValueError(f"nvum_prior: labels must be a 2-D [items, classes] array, got shape {y.shape}")
+    names = classes if classes is not None and not isinstance(classes, str) else getattr(labels, 'columns', None)
+    names = [str(c) for c in names] if names is not None and len(names) == y.shape[1] else None
     col = lambda c: f"column {c}" + (f" ({names[c]!r})" if names else "")
     known = ~np.isnan(y)
     bad = known & (y != 0) & (y != 1)
@@ -233,10 +233,7 @@ class NVUMCallback(ModelStateCallback):
         if self.prior is not None: return np.asarray(self.prior, dtype=np.float64)
         lab = train_labels(self.learn.dls)
         if len(lab) != n_items: raise ValueError(f"NVUMCallback: {len(lab)} training labels for {n_items} training items")
-        classes = getattr(self.learn.dls, 'classes', None)
-        if classes is not None and not isinstance(classes, str) and len(classes) == lab.shape[1]:
-            lab = pd.DataFrame(lab, columns=[str(c) for c in classes])      # errors name the class
-        return nvum_prior(lab, _no_finding_index(self.learn.dls, self.no_finding))
+        return nvum_prior(lab, _no_finding_index(self.learn.dls, self.no_finding), classes=getattr(self.learn.dls, 'classes', None))
 
     def attach(self) -> NVUMState:
         "Attach (or check) the memory and teacher on `learn.model`; returns the `NVUMState`."

@@ -20,19 +20,19 @@ from sklearn.metrics import roc_curve, precision_recall_curve
 from .labels import label_space, clean_col
 from .metrics import per_class_auc, per_class_ap, bootstrap_ci
 from .report import check_results, check_curves, selected, summary_table, METRIC_NAMES, GROUP_COLORS
-from .bench import N_BOOT, task_name, parse_noise, noisy_frame
+from .bench import N_BOOT, parse_noise, noisy_frame
 from .data import test_dl
 from .gradcam import (CAM_METHODS, cam_method, cam_inputs, gradcam_maps, class_indices, show_gradcam, check_boxes,
                                   target_layers, map_peaks)
 
 # %% auto #0
 __all__ = ['PHANTOM_KEYS', 'RUN_FILE', 'FS', 'SUMMARY_NAMES', 'MEAN_ROW', 'METRICS', 'LABELLED', 'TOP', 'SUBSETS', 'NotAvailable',
-           'fig_image', 'message', 'set_output', 'tabbed_explorer', 'method_colors', 'phantom_test_frame', 'save_probs',
-           'BenchData', 'load_bench', 'as_bench', 'bench_data', 'shade_groups', 'class_ticks', 'legend_outside',
-           'plot_class_bars', 'results_view', 'threshold_metrics', 'roc_view', 'threshold_view', 'class_deltas',
-           'delta_colors', 'compare_view', 'plot_learning_curves', 'results_explorer', 'explorer_classes',
-           'frame_labels', 'layer_name', 'cam_layers', 'draw_gaze', 'gradcam_view', 'plot_image_probs',
-           'gradcam_gallery', 'gradcam_methods_view', 'image_subset', 'gradcam_explorer']
+           'fig_image', 'message', 'set_output', 'tabbed_explorer', 'method_colors', 'phantom_test_frame', 'BenchData',
+           'load_bench', 'as_bench', 'bench_data', 'shade_groups', 'class_ticks', 'legend_outside', 'plot_class_bars',
+           'results_view', 'threshold_metrics', 'roc_view', 'threshold_view', 'class_deltas', 'delta_colors',
+           'compare_view', 'plot_learning_curves', 'results_explorer', 'explorer_classes', 'frame_labels', 'layer_name',
+           'cam_layers', 'draw_gaze', 'gradcam_view', 'plot_image_probs', 'gradcam_gallery', 'gradcam_methods_view',
+           'image_subset', 'gradcam_explorer']
 
 # %% ../nbs/23_widgets.ipynb #1f2fa24d
 class NotAvailable(LookupError):
@@ -119,12 +119,6 @@ def phantom_test_frame(config:dict, noise:str='none', seed:int=0) -> pd.DataFram
     frame = noisy_frame(NS(frame=frame, classes=label_space('nih14')), noise, int(seed))
     return frame[frame['split'] == 'test'].reset_index(drop=True)
 
-def save_probs(runs, task, probs:dict) -> Path:
-    "Write the test probabilities `probs` {(method, select): [N, C]} of run `task` (method, noise, seed) as `runs/<run>.probs.npz`."
-    fn = Path(runs) / f"{task_name(*task)}.probs.npz"
-    np.savez_compressed(fn, **{'|'.join(map(str, k)): np.asarray(v, np.float32) for k, v in probs.items()})
-    return fn
-
 # %% ../nbs/23_widgets.ipynb #70b1e57c
 def _key(method, noise, seed, select) -> tuple: return (str(method), str(noise), int(seed), str(select))
 
@@ -197,7 +191,7 @@ class BenchData:
         k = _key(method, noise, seed, select)
         if k not in self.probs:
             raise NotAvailable(f"no test probabilities for {method} (noise {noise}, seed {seed}, {select} epoch) in {self.source}: "
-                               f"cxr_bench keeps bootstrap samples, not probabilities; save them with save_probs or pass probs=")
+                               f"cxr_bench keeps them only when run with --save_probs (BenchRunner(save_probs=True)); or pass probs=")
         return self.probs[k]
 
     def samples(self, method, noise, seed:int, select:str='best', labels:str='clean', metric:str='auc'):

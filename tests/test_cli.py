@@ -1,5 +1,6 @@
 "The `cxr_bench` command as a user runs it: a tiny grid end to end, and clear errors for bad arguments."
 import json, os, subprocess, sys
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -10,7 +11,7 @@ def run(args, tmp_path):
 def test_tiny_grid_writes_report(tmp_path):
     out = tmp_path / 'res'
     r = run(['--methods', 'bce', '--noise', 'none,symmetric:0.3', '--seeds', '0', '--n', '300', '--size', '32',
-             '--epochs', '2', '--bs', '32', '--splits', '0.5,0.2,0.3', '--out', str(out), '--threads', '1'], tmp_path)
+             '--epochs', '2', '--bs', '32', '--splits', '0.5,0.2,0.3', '--out', str(out), '--threads', '1', '--save_probs'], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = pd.read_csv(out / 'results.csv')
     assert set(res['noise']) == {'none', 'symmetric:0.3'} and set(res['labels']) == {'clean', 'noisy'}
@@ -27,6 +28,15 @@ def test_tiny_grid_writes_report(tmp_path):
     cfg = json.loads((out / 'run.json').read_text())
     assert cfg['config']['n'] == 300 and cfg['methods'] == ['bce']
     assert '| bce | none |' in r.stdout          # the summary table is printed too
+    # --save_probs: the test probabilities the results were computed from, read back by the results explorer
+    assert sorted(p.name for p in (out / 'runs').glob('*.probs.npz')) == ['bce__none__seed0.probs.npz', 'bce__symmetric-0.3__seed0.probs.npz']
+    from cxr_noisy_lt.widgets import load_bench
+    from cxr_noisy_lt.metrics import per_class_auc
+    b = load_bench(out)
+    assert len(b.probs) == 2 * 2                  # noise settings x (best, last)
+    rows = res.query("noise == 'symmetric:0.3' and select == 'last' and labels == 'clean'")
+    auc = per_class_auc(b.labels('symmetric:0.3', 0, 'clean'), b.probs_for('bce', 'symmetric:0.3', 0, 'last'))
+    np.testing.assert_allclose(auc, rows['auc'].to_numpy(), atol=1e-6)
 
 def test_list_methods(tmp_path):
     r = run(['--list_methods'], tmp_path)

@@ -21,18 +21,12 @@ GRID = ROOT / 'nbs' / 'results' / 'full_grid'            # example runs kept in 
 REGIME = dict(n=500, size=64, epochs=2, bs=32, splits=(0.5, 0.2, 0.3))
 NOISE = 'nih-like:0.4'
 
-class ProbsRunner(BenchRunner):
-    "A `BenchRunner` whose runs also keep their test probabilities (`save_probs`)."
-    def _finish(self, ph, t, res, curves, probs, secs, err):
-        super()._finish(ph, t, res, curves, probs, secs, err)
-        if err is None and self.runs is not None: W.save_probs(self.runs, t, probs)
-
 @pytest.fixture(scope='module')
 def bench_dir(tmp_path_factory):
     "A tiny grid (BCE and RAL under NIH-like noise, two seeds) run by cxr_bench's runner into a folder, with probabilities."
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp('bench')
-    r = ProbsRunner(('bce', 'ral'), ('none', NOISE), (0, 1), out=d / 'out', cache_dir=d / 'cache', **REGIME)
+    r = BenchRunner(('bce', 'ral'), ('none', NOISE), (0, 1), out=d / 'out', cache_dir=d / 'cache', save_probs=True, **REGIME)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()): r.run()
     return d
 

@@ -4,9 +4,10 @@
 
 Each step is a forward and backward pass and an Adam update on a batch of one-channel images, the
 work of one training step of `cxr_bench` (the DataLoader is not timed: from the uint8 cache it is tens
-of thousands of images per second). The backbones take turns in every round, so a load on the machine
-falls on all of them alike; the figure is the median over rounds. Channels-last is what the benchmark
-uses on a CPU; resnet18 is shown both ways.
+of thousands of images per second); inference runs on batches of the same size, as `predict_split` does.
+The backbones take turns in every round, so a load on the machine falls on all of them alike; the figure
+is the median over rounds. Channels-last is what `cxr_learner` uses by default; both backbones are shown
+both ways. The allocator is set as `cxr_learner` sets it (`keep_cpu_memory`).
 """
 import argparse, sys, time, warnings
 from pathlib import Path
@@ -19,10 +20,10 @@ def main():
     ap.add_argument('--size', type=int, default=64); ap.add_argument('--bs', type=int, default=64)
     ap.add_argument('--steps', type=int, default=20); ap.add_argument('--rounds', type=int, default=3)
     a = ap.parse_args()
-    from cxr_noisy_lt.learner import cxr_model
-    cands = [('narrow_resnet10', True), ('resnet18', True), ('resnet18', False)]
+    from cxr_noisy_lt.learner import cxr_model, keep_cpu_memory
+    print(f"keep_cpu_memory: {keep_cpu_memory()}")
+    cands = [('narrow_resnet10', True), ('narrow_resnet10', False), ('resnet18', True), ('resnet18', False)]
     x = torch.randn(a.bs, 1, a.size, a.size); y = (torch.rand(a.bs, 14) < .1).float()
-    xe = torch.randn(256, 1, a.size, a.size)
     lf = torch.nn.BCEWithLogitsLoss()
     res = {}
     for threads in (1, 2):
@@ -40,8 +41,8 @@ def main():
                 tr = a.bs * a.steps / (time.perf_counter() - t)
                 m.eval(); t = time.perf_counter()
                 with torch.inference_mode():
-                    for _ in range(2): m(xe)
-                inf = 512 / (time.perf_counter() - t)
+                    for _ in range(a.steps): m(x)
+                inf = a.bs * a.steps / (time.perf_counter() - t)
                 if r: res.setdefault((threads, *k), []).append((tr, inf))
     print(f"{a.size} px, batch {a.bs}, {a.steps} steps x {a.rounds} rounds; median images/s")
     print(f"{'threads':>7} {'backbone':>16} {'memory':>14} {'train img/s':>12} {'infer img/s':>12} {'train vs resnet18 (same format)':>32}")
