@@ -20,13 +20,14 @@ from fastai.callback.core import Callback
 from fastprogress.fastprogress import progress_bar
 from .labels import label_space, clean_col, frame_groups, label_stats
 from .metrics import per_class_auc, per_class_ap, macro
-from .report import write_report, summary_table, markdown_table, delta_table, CURVE_COLS
+from .report import write_report, summary_table, markdown_table, delta_table, CURVE_COLS, SELECTS
 
 # %% auto #0
-__all__ = ['METHODS', 'SCHEDULES', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'Method', 'parse_method', 'get_method',
-           'available_methods', 'Regime', 'profile', 'fit_regime', 'fitted_shares', 'EpochRecorder', 'evaluate',
-           'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs',
-           'boot_samples', 'paired_boot_ci', 'reference_deltas', 'BenchRunner', 'run_bench', 'main', 'noise_gap_text']
+__all__ = ['METHODS', 'SCHEDULES', 'MAIN_METHODS', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'RUN_FORMAT', 'Method', 'parse_method',
+           'get_method', 'available_methods', 'Regime', 'profile', 'fit_regime', 'fitted_shares', 'EpochRecorder',
+           'evaluate', 'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs',
+           'machine', 'boot_samples', 'paired_boot_ci', 'reference_deltas', 'BenchRunner', 'run_bench', 'main',
+           'noise_gap_text']
 
 # %% ../nbs/30_bench.ipynb #d5485f35
 @dataclass
@@ -146,10 +147,15 @@ class Regime:
         if self.amp == 'auto': return 'bf16' if self.torch_device().type == 'cuda' else None
         return self.amp
 
+MAIN_METHODS = ('bce', 'nvum', 'ral', 'nvum+ral', 'attmix', 'contrast+attmix', 'coarse2fine', 'twostage')
+
 PROFILES = {
     'quick': dict(methods=('bce',), noise=('none', 'nih-like:0.4'), seeds=(0,), regime=dict(epochs=18)),
-    'full': dict(methods=('bce', 'nvum', 'ral', 'nvum+ral', 'attmix', 'coarse2fine', 'twostage'),
-                 noise=('none', 'symmetric:0.2', 'nih-like:0.4'), seeds=(0, 1, 2), regime=dict(epochs=30)),
+    # the main grid: every method on 10 paired seeds; then the noise-rate question (5 seeds) and symmetric noise (3 seeds)
+    'full': dict(methods=MAIN_METHODS, noise=('none', 'nih-like:0.4'), seeds=tuple(range(10)),
+                 extra=((('bce', 'nvum', 'attmix', 'contrast+attmix'), ('nih-like:0.2', 'nih-like:0.6'), tuple(range(5))),
+                        (MAIN_METHODS, ('symmetric:0.2',), (0, 1, 2))),
+                 regime=dict(epochs=30)),
     'gpu': dict(methods=('bce', 'nvum', 'ral', 'nvum+ral', 'attmix', 'coarse2fine', 'twostage'),
                 noise=('nih-like:0.4',), seeds=(0,),
                 regime=dict(n=24000, splits=(0.2, 0.05, 0.75), size=224, arch='resnet18', epochs=10, bs=128, lr=1e-3,
@@ -158,6 +164,8 @@ PROFILES = {
                                  'attmix@g=3', 'attmix@g=4', 'coarse2fine@beta_max=0.024', 'coarse2fine@beta_max=0.21',
                                  'twostage@weight=0.017', 'twostage@weight=0.15'),
                         noise=('nih-like:0.4',), seeds=(0,), regime=dict(epochs=30)),
+    # decides two-stage's default before the main grid: one or two views, on 3 seeds, by noisy-validation mAUC
+    'views': dict(methods=('twostage', 'twostage-1view'), noise=('none', 'nih-like:0.4'), seeds=(0, 1, 2), regime=dict(epochs=30)),
     'options': dict(methods=('attmix-attention', 'twostage-1view', 'contrast+attmix'), noise=('none', 'nih-like:0.4'),
                     seeds=(0,), regime=dict(epochs=30)),
     'c2f-os8': dict(methods=('bce', 'coarse2fine', 'coarse2fine-empty', 'coarse2fine-joint'), noise=('nih-like:0.4',),
@@ -165,10 +173,13 @@ PROFILES = {
 }
 
 def profile(name:str, **overrides) -> dict:
-    "The grid (methods, noise, seeds) and the `Regime` of profile `name`, with `overrides` (None values ignored)."
+    """The grid (methods, noise, seeds, and `extra` sub-grids run after it) and the `Regime` of profile `name`, with
+    `overrides` (None values ignored). Overriding methods, noise or seeds replaces the whole grid: the extra sub-grids are dropped."""
     if name not in PROFILES: raise KeyError(f"unknown profile {name!r}; profiles: {list(PROFILES)}")
     p = copy.deepcopy(PROFILES[name])
     reg = p.pop('regime')
+    p.setdefault('extra', ())
+    if any(overrides.get(k) is not None for k in ('methods', 'noise', 'seeds')): p['extra'] = ()
     for k, v in overrides.items():
         if v is None: continue
         if k in p: p[k] = tuple(v) if isinstance(v, (list, tuple)) else v
@@ -195,7 +206,7 @@ def fitted_shares(probs:np.ndarray, noisy:np.ndarray, clean:np.ndarray) -> dict:
                 missed_fitted=share(flipped & (noisy == 0)), clean_fitted=share(same))
 
 class EpochRecorder(Callback):
-    "After every epoch: noisy and clean validation mAUC, training loss and how far flipped / unflipped training labels are fitted; keeps the model of the best noisy-validation epoch, per stage and overall."
+    "After every epoch: noisy and clean validation mAUC, training loss and how far flipped / unflipped training labels are fitted; keeps the models of the best noisy-validation epoch and (with clean labels) of the best clean-validation epoch, per stage and overall."
     order = 95
     def __init__(self, frame:pd.DataFrame, classes, eval_model:Callable=None, stage:str='main', train_sample:int=1024, seed:int=0):
         classes = list(label_space(classes))
@@ -206,7 +217,7 @@ class EpochRecorder(Callback):
         if train_sample is not None and len(tr) > train_sample:
             tr = np.sort(np.random.default_rng(seed).choice(tr, train_sample, replace=False))
         self.train_rows = frame.iloc[tr]                   # fitted shares on a fixed sample of training images
-        self.rows, self.best, self.last = [], {}, {}
+        self.rows, self.best, self.clean_best, self.last = [], {}, {}, {}
 
     def _model(self) -> nn.Module:
         return self.eval_model(self.learn) if self.eval_model is not None else self.learn.model
@@ -248,12 +259,14 @@ class EpochRecorder(Callback):
             row.update(fitted_shares(pt, ft[self.cols].to_numpy(float), ft[self.ccols].to_numpy(float)))
         row.update(train_seconds=t_train, eval_seconds=time.time() - self._t0 - t_train)
         self.rows.append(row)
-        snap = None                                    # one copy of the model, shared by the stage's best and the run's
-        for key in (stage, None):                      # the best of this stage, and of the whole run
-            old = self.best.get(key, (np.nan,))[0]
-            if key not in self.best or (np.isfinite(vn) and (not np.isfinite(old) or vn > old)):
-                if snap is None: snap = copy.deepcopy(model)
-                self.best[key] = (vn, row['epoch'], snap)
+        snap = None                                    # one copy of the model, shared by every selection that picks this epoch
+        for kept, v in ((self.best, vn), (self.clean_best, vc if self.has_clean else None)):
+            if v is None: continue
+            for key in (stage, None):                  # the best of this stage, and of the whole run
+                old = kept.get(key, (np.nan,))[0]
+                if key not in kept or (np.isfinite(v) and (not np.isfinite(old) or v > old)):
+                    if snap is None: snap = copy.deepcopy(model)
+                    kept[key] = (v, row['epoch'], snap)
 
     def after_fit(self):
         stage = getattr(self.learn, 'bench_stage', self.stage)
@@ -279,8 +292,8 @@ def evaluate(probs:np.ndarray, test_frame:pd.DataFrame, classes, groups:pd.Serie
 @dataclass
 class RunOutput:
     "What one benchmark run returns: test probabilities per (method or method/stage, selection), the curves, timings."
-    probs: dict                                # {(name, 'best'|'last'): [N, C] test probabilities}
-    epochs: dict                               # {(name, 'best'|'last'): epoch the model comes from}
+    probs: dict                                # {(name, select): [N, C] test probabilities}, select in SELECTS
+    epochs: dict                               # {(name, select): epoch the model comes from}
     curves: pd.DataFrame
     seconds: float
 
@@ -308,7 +321,7 @@ def build_learner(method:Method, frame:pd.DataFrame, images, classes, regime:Reg
 
 def run_one(method:Method, frame:pd.DataFrame, images, classes, regime:Regime=None, seed:int=0, verbose:bool=False,
             phantom=None, **regime_kw) -> RunOutput:
-    "Train `method` on `frame`'s train split under `regime`; the test probabilities of its best (noisy validation) and last epochs."
+    "Train `method` on `frame`'s train split under `regime`; the test probabilities of its `SELECTS`: best noisy-validation epoch, last epoch and (where `frame` has clean labels) best clean-validation epoch."
     from cxr_noisy_lt.learner import predict_split
     regime = regime or Regime(**regime_kw)
     t0 = time.time()
@@ -320,10 +333,12 @@ def run_one(method:Method, frame:pd.DataFrame, images, classes, regime:Regime=No
         (method.fit or fit_regime)(learn, regime.epochs, regime.lr)
     final = method.eval_model(learn) if method.eval_model is not None else learn.model
     models = {(method.name, 'best'): rec.best[None][1:], (method.name, 'last'): (len(rec.rows), final)}
+    if rec.has_clean: models[(method.name, 'clean_best')] = rec.clean_best[None][1:]
     for s in method.stages:
         if s not in rec.best: raise RuntimeError(f"method {method.name!r}: no epoch was recorded in stage {s!r}")
         models[(f"{method.name}/{s}", 'best')] = rec.best[s][1:]
         models[(f"{method.name}/{s}", 'last')] = rec.last[s]
+        if rec.has_clean: models[(f"{method.name}/{s}", 'clean_best')] = rec.clean_best[s][1:]
     probs, epochs, cache = {}, {}, {}
     for k, (ep, m) in models.items():
         if id(m) not in cache: cache[id(m)] = predict_split(learn, frame, 'test', model=m)[0]
@@ -381,18 +396,31 @@ def _run_task(ph, task, regime, groups, n_pos, verbose) -> tuple:
         return task, res, curves, out.probs, out.seconds, None
     except Exception: return task, None, None, None, None, traceback.format_exc()
 
+def machine() -> str:
+    "Where a run ran: CPU model, vector extensions, cores, host name, torch version (kept per run in `runs/machines.json`)."
+    import platform, socket
+    cpu, flags = platform.processor() or platform.machine(), ''
+    try:
+        info = Path('/proc/cpuinfo').read_text()
+        cpu = re.search(r'model name\s*:\s*(.+)', info).group(1).strip()
+        flags = ', AVX-512' if 'avx512f' in info else (', AVX2' if 'avx2' in info else '')
+    except (OSError, AttributeError): pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
+    return f"{cpu}{flags}, {os.cpu_count()} cores{gpu}, host {socket.gethostname()}, torch {torch.__version__}"
+
 def _worker_task(task):
     w = _WORKER
     return _run_task(w['ph'], task, w['regime'], w['groups'], w['n_pos'], w['verbose'])
 
 # %% ../nbs/30_bench.ipynb #b331e41f
 N_BOOT = 200
+RUN_FORMAT = 2          # 2: three selections (best, last, clean_best), AUROC and AP bootstrap samples, machines.json
 
-def boot_samples(probs:np.ndarray, test_frame:pd.DataFrame, classes, n_boot:int=N_BOOT) -> np.ndarray:
-    "Per-class clean-label AUROC [n_boot, C] on patient-level bootstrap resamples of the test split; the same resamples for every run on it."
+def boot_samples(probs:np.ndarray, test_frame:pd.DataFrame, classes, n_boot:int=N_BOOT, metric:str='auc') -> np.ndarray:
+    "Per-class clean-label `metric` ('auc' or 'ap') [n_boot, C] on patient-level bootstrap resamples of the test split; the same resamples for every run on it."
     from cxr_noisy_lt.metrics import bootstrap_ci
     y = test_frame[[clean_col(c) for c in label_space(classes)]].to_numpy(float)
-    return bootstrap_ci(y, probs, test_frame['patient'].to_numpy(), 'auc', n_boot=n_boot, seed=0, return_samples=True)[1].astype(np.float32)
+    return bootstrap_ci(y, probs, test_frame['patient'].to_numpy(), metric, n_boot=n_boot, seed=0, return_samples=True)[1].astype(np.float32)
 
 def paired_boot_ci(boot:dict, groups:pd.Series, baseline:str='bce', alpha:float=0.05) -> pd.DataFrame:
     """Differences from `baseline` with patient-level bootstrap intervals: `boot` maps (method, noise, seed, select) to
@@ -439,24 +467,32 @@ def reference_deltas(boot:dict, groups:pd.Series, methods) -> pd.DataFrame:
 class BenchRunner:
     "One benchmark: a grid of methods x noise settings x seeds under one `Regime`, its run folder, resume and worker processes."
     def __init__(self, methods=('bce',), noise=('none',), seeds=(0,), regime:Regime=None, out=None, workers:int=1,
-                 threads:int=None, resume:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, **regime_kw):
+                 threads:int=None, resume:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, extra=(),
+                 **regime_kw):
         self.methods, self.noise, self.seeds = tuple(methods), tuple(noise), tuple(int(s) for s in seeds)
+        self.extra = tuple((tuple(m), tuple(n), tuple(int(s) for s in ss)) for m, n, ss in extra)
         self.regime = regime or Regime(**regime_kw)
-        for m in self.methods: get_method(m)                  # fail early on a bad name
-        for s in self.noise: parse_noise(s)
+        for ms, ns, _ in ((self.methods, self.noise, None),) + self.extra:
+            for m in ms: get_method(m)                        # fail early on a bad name
+            for s in ns: parse_noise(s)
         if workers < 1: raise ValueError(f"workers={workers!r}: expected at least 1")
         self.out = None if out is None else Path(out)
         self.workers, self.threads, self.resume, self.verbose, self.cache_dir = workers, threads, resume, verbose, cache_dir
         self.save_probs = save_probs                          # also keep each run's test probabilities (runs/<run>.probs.npz)
-        self.grid = [(m, s, seed) for seed in self.seeds for s in self.noise for m in self.methods]
+        # seed-major within each (sub-)grid: every method of one (noise, seed) runs in one sitting, beside its references
+        grid = [(m, s, seed) for ms, ns, ss in ((self.methods, self.noise, self.seeds),) + self.extra
+                for seed in ss for s in ns for m in ms]
+        self.grid = list(dict.fromkeys(grid))
+        self.all_methods = tuple(dict.fromkeys(t[0] for t in self.grid))
+        self.all_noise = tuple(dict.fromkeys(t[1] for t in self.grid))
         self.done, self.failed, self.missing = {}, {}, []
 
     @property
     def runs(self) -> Path|None: return None if self.out is None else self.out / 'runs'
 
     def config(self) -> dict:
-        "What must match for saved runs to be reused."
-        return self.regime.config()
+        "What must match for saved runs to be reused: the regime and the format of the run files."
+        return dict(self.regime.config(), run_format=RUN_FORMAT)
 
     def phantom(self):
         from cxr_noisy_lt.phantom import make_phantom
@@ -511,9 +547,10 @@ class BenchRunner:
         np.savez(stem.with_name(stem.name + '.boot.npz'), **{'|'.join(k): v for k, v in boot.items()})
         fail = self.runs / 'failed' / f"{task_name(*t)}.txt"
         if fail.exists(): fail.unlink()
-        sf = self.runs / 'seconds.json'
-        old = json.loads(sf.read_text()) if sf.exists() else {}
-        sf.write_text(json.dumps({**old, task_name(*t): round(secs, 1)}, indent=1))
+        for name, v in (('seconds.json', round(secs, 1)), ('machines.json', machine())):
+            fn = self.runs / name
+            old = json.loads(fn.read_text()) if fn.exists() else {}
+            fn.write_text(json.dumps({**old, task_name(*t): v}, indent=1))
 
     def _finish(self, ph, t, res, curves, probs, secs, err):
         if err is not None:
@@ -524,6 +561,7 @@ class BenchRunner:
             return
         test = ph.frame[ph.frame['split'] == 'test']
         boot = {k: boot_samples(p, test, ph.classes) for k, p in probs.items()}
+        boot.update({(*k, 'ap'): boot_samples(p, test, ph.classes, metric='ap') for k, p in probs.items()})
         self.done[t] = (res, curves, boot, secs)
         if self.runs is not None: self._save(t, res, curves, boot, secs, probs if self.save_probs else None)
 
@@ -556,12 +594,13 @@ class BenchRunner:
         return self.report(report_only)
 
     def results(self) -> tuple:
-        "(results, curves, bootstrap samples) of the finished cells, in grid order."
+        "(results, curves, AUROC bootstrap samples) of the finished cells, in grid order; the AP samples go to `boot_ap`."
         ok = [t for t in self.grid if t in self.done]
         res = pd.concat([self.done[t][0] for t in ok], ignore_index=True)
         curves = pd.concat([self.done[t][1] for t in ok], ignore_index=True)
         curves = curves[[c for c in CURVE_COLS if c in curves] + [c for c in curves if c not in CURVE_COLS]]
-        boot = {(k[0], t[1], t[2], k[1]): v for t in ok for k, v in self.done[t][2].items()}
+        boot = {(k[0], t[1], t[2], k[1]): v for t in ok for k, v in self.done[t][2].items() if len(k) == 2}
+        self.boot_ap = {(k[0], t[1], t[2], k[1]): v for t in ok for k, v in self.done[t][2].items() if len(k) == 3}
         return res, curves, boot
 
     def report(self, report_only:bool=False) -> pd.DataFrame:
@@ -576,10 +615,11 @@ class BenchRunner:
         if self.out is not None:
             cfg = dict(self.config(), seeds=list(self.seeds))
             write_report(res, self.out, config=cfg, groups=self.groups, curves=curves)
-            ci = reference_deltas(boot, self.groups, self.methods)
+            ci = reference_deltas(boot, self.groups, self.all_methods)
             if len(ci): ci.to_csv(self.out / 'deltas_ci.csv', index=False); self.deltas_ci = ci
             (self.out / 'run.json').write_text(json.dumps(dict(
-                config=cfg, methods=list(self.methods), noise=list(self.noise), workers=self.workers, seconds=seconds,
+                config=cfg, methods=list(self.methods), noise=list(self.noise), extra=[list(map(list, e)) for e in self.extra],
+                workers=self.workers, seconds=seconds,
                 failed=[task_name(*t) for t in self.failed], missing=[task_name(*t) for t in self.missing]), indent=1))
         if self.failed:
             where = f"tracebacks in {self.runs / 'failed'}" if self.runs is not None else f"the first:\n{next(iter(self.failed.values()))}"
@@ -599,7 +639,7 @@ def _csv(s, typ=str): return tuple(typ(x) for x in str(s).split(',') if x.strip(
 
 @call_parse
 def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH-like noise, minutes on 2 CPU cores
-         profile:str='full',            # profile: quick, full, gpu, sensitivity, options or c2f-os8 (see `PROFILES`)
+         profile:str='full',            # profile: quick, full, views, gpu, sensitivity, options or c2f-os8 (see `PROFILES`)
          methods:str=None,              # comma-separated method names (default: the profile's)
          noise:str=None,                # comma-separated noise settings, e.g. none,symmetric:0.2,nih-like:0.4
          seeds:str=None,                # comma-separated seeds
@@ -631,10 +671,10 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
                                  noise=_csv(noise) if noise else None, seeds=_csv(seeds, int) if seeds else None,
                                  n=n, splits=_csv(splits, float) if splits else None, size=size, epochs=epochs, bs=bs, lr=lr, schedule=schedule, arch=arch, device=device, amp=amp)
         if workers is None:
-            n_runs = len(p['methods']) * len(p['noise']) * len(p['seeds'])
+            n_runs = len(p['methods']) * len(p['noise']) * len(p['seeds']) + sum(len(m) * len(n) * len(s) for m, n, s in p['extra'])
             workers = 1 if p['regime'].torch_device().type == 'cuda' else max(1, min(2, os.cpu_count() or 1, n_runs))
         res = BenchRunner(p['methods'], p['noise'], p['seeds'], p['regime'], out=out, workers=workers, threads=threads,
-                          resume=resume, verbose=verbose, save_probs=save_probs).run(report_only)
+                          resume=resume, verbose=verbose, save_probs=save_probs, extra=p['extra']).run(report_only)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     r = p['regime']
     print(f"{r.arch}, {r.size} px, {r.epochs} epochs ({r.schedule} lr {r.lr:g}), phantom n={r.n}; clean test labels; "

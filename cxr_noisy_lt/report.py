@@ -26,7 +26,7 @@ def check_results(results:pd.DataFrame) -> pd.DataFrame:
     return results
 
 # %% ../nbs/21_report.ipynb #050beee1
-SELECTS = ('best', 'last')
+SELECTS = ('best', 'last', 'clean_best')     # best noisy-validation epoch (primary), last epoch, best clean-validation epoch (an oracle)
 
 def selected(results:pd.DataFrame, select:str='best') -> pd.DataFrame:
     "The rows of one model selection: 'best' (the epoch of best noisy-validation mAUC) or 'last'; results without a `select` column pass as they are."
@@ -249,7 +249,9 @@ def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', conf
     lines = [f"# {title}", ""]
     if 'select' in results.columns:
         lines += ["Each run is scored with the model of its best epoch on the noisy validation labels (what a user without "
-                  "clean labels can select); `results.csv` also holds the last epoch's scores (`select` = 'last').", ""]
+                  "clean labels can select); `results.csv` also holds the last epoch's scores (`select` = 'last') and, where "
+                  "the validation labels have a clean copy, those of the best clean-validation epoch (`select` = 'clean_best', "
+                  "an oracle no user has).", ""]
     if config: lines += ["Configuration: " + ", ".join(f"`{k}={v}`" for k, v in config.items()), ""]
     for lab in labels:
         if lab not in set(results['labels']): continue

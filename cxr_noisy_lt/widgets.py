@@ -125,7 +125,7 @@ def _key(method, noise, seed, select) -> tuple: return (str(method), str(noise),
 class BenchData:
     "A benchmark's outputs as the results explorer reads them: tidy results, curves, bootstrap samples, test probabilities, regime."
     def __init__(self, results:pd.DataFrame, curves:pd.DataFrame=None, boot:dict=None, probs:dict=None, config:dict=None,
-                 deltas_ci:pd.DataFrame=None, test_frames:dict=None, source:str='the results frame'):
+                 deltas_ci:pd.DataFrame=None, test_frames:dict=None, source:str='the results frame', boot_ap:dict=None):
         self.source = str(source)
         try: check_results(results)
         except KeyError as e: raise KeyError(f"{self.source}: {e.args[0]}") from None
@@ -136,6 +136,7 @@ class BenchData:
             except KeyError as e: raise KeyError(f"{self.source}: {e.args[0]}") from None
         self.curves = curves.reset_index(drop=True) if curves is not None and len(curves) else None
         self.boot = {_key(*k): np.asarray(v, np.float64) for k, v in (boot or {}).items()}
+        self.boot_ap = {_key(*k): np.asarray(v, np.float64) for k, v in (boot_ap or {}).items()}
         self.probs = {_key(*k): np.asarray(v, np.float32) for k, v in (probs or {}).items()}
         self.config, self.deltas_ci = config, deltas_ci
         self.test_frames = {(str(n), int(s)): f for (n, s), f in (test_frames or {}).items()}
@@ -197,7 +198,8 @@ class BenchData:
     def samples(self, method, noise, seed:int, select:str='best', labels:str='clean', metric:str='auc'):
         "Per-class `metric` on the 200 patient-level bootstrap resamples [n_boot, C] of one run; None where neither stored nor computable."
         k = _key(method, noise, seed, select)
-        if metric == 'auc' and k in self.boot and (labels == 'clean' or parse_noise(noise)[0] is None): return self.boot[k]
+        stored = self.boot if metric == 'auc' else self.boot_ap
+        if k in stored and (labels == 'clean' or parse_noise(noise)[0] is None): return stored[k]
         if k not in self.probs: return None
         ck = k + (labels, metric)
         if ck not in self._samples:
@@ -227,16 +229,17 @@ def _read_csv(fn:Path) -> pd.DataFrame:
     try: return pd.read_csv(fn)
     except Exception as e: raise ValueError(f"{fn}: unreadable ({e})") from None
 
-def _read_npz(fn:Path, keys:dict, into:dict, what:str):
-    "Read `fn` ('method|select' arrays) into `into` under (method, noise, seed, select), noise and seed from the run's results."
+def _read_npz(fn:Path, keys:dict, into:dict, what:str, into_ap:dict=None):
+    "Read `fn` ('method|select' arrays, and 'method|select|ap' into `into_ap`) under (method, noise, seed, select), noise and seed from the run's results."
     stem = fn.name.rsplit('.', 2)[0]
     if stem not in keys: raise ValueError(f"{fn}: {what} of a run without results ({stem}.csv is missing)")
     noise, seed = keys[stem]
     with np.load(fn) as z:
         for k in z.files:
-            m, sep, sel = k.rpartition('|')
-            if not sep: raise ValueError(f"{fn}: array {k!r} is not named 'method|select'")
-            into[_key(m, noise, seed, sel)] = z[k]
+            parts = k.split('|')
+            if len(parts) == 3 and parts[2] == 'ap' and into_ap is not None: into_ap[_key(*parts[:1], noise, seed, parts[1])] = z[k]
+            elif len(parts) == 2: into[_key(parts[0], noise, seed, parts[1])] = z[k]
+            else: raise ValueError(f"{fn}: array {k!r} is not named 'method|select'" + (" or 'method|select|ap'" if into_ap is not None else ''))
 
 RUN_FILE = re.compile(r'.+__.+__seed-?\d+')          # the stem of a run's files: task_name(method, noise, seed)
 
@@ -263,13 +266,14 @@ def load_bench(folder, probs:dict=None) -> BenchData:
         cs = [_read_csv(fn) for fn in sorted(runs.glob('*.curves.csv'))]
         curves = pd.concat(cs, ignore_index=True) if cs else None
     boot, stored = {}, {}
-    for fn in sorted(runs.glob('*.boot.npz')): _read_npz(fn, keys, boot, 'bootstrap samples')
+    boot_ap = {}
+    for fn in sorted(runs.glob('*.boot.npz')): _read_npz(fn, keys, boot, 'bootstrap samples', boot_ap)
     for fn in sorted(runs.glob('*.probs.npz')): _read_npz(fn, keys, stored, 'test probabilities')
     config = None
     if (folder / 'run.json').exists(): config = json.loads((folder / 'run.json').read_text()).get('config')
     elif (runs / 'config.json').exists(): config = json.loads((runs / 'config.json').read_text())
     deltas = _read_csv(folder / 'deltas_ci.csv') if (folder / 'deltas_ci.csv').exists() else None
-    return BenchData(results, curves, boot, {**stored, **(probs or {})}, config, deltas, source=str(source))
+    return BenchData(results, curves, boot, {**stored, **(probs or {})}, config, deltas, source=str(source), boot_ap=boot_ap)
 
 def as_bench(source) -> BenchData:
     "`source` as `BenchData`: itself, a tidy results frame, or a folder (see `load_bench`)."
