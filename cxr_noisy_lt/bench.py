@@ -20,14 +20,14 @@ from fastai.callback.core import Callback
 from fastprogress.fastprogress import progress_bar
 from .labels import label_space, clean_col, frame_groups, label_stats
 from .metrics import per_class_auc, per_class_ap, macro
-from .report import write_report, summary_table, markdown_table, delta_table, CURVE_COLS, SELECTS
+from .report import write_report, summary_table, markdown_table, delta_table, CURVE_COLS, SELECTS, claims_table, claims_markdown
 
 # %% auto #0
 __all__ = ['METHODS', 'SCHEDULES', 'MAIN_METHODS', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'RUN_FORMAT', 'Method', 'parse_method',
            'get_method', 'available_methods', 'Regime', 'profile', 'fit_regime', 'fitted_shares', 'EpochRecorder',
            'evaluate', 'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs',
-           'machine', 'boot_samples', 'paired_boot_ci', 'reference_deltas', 'BenchRunner', 'run_bench', 'main',
-           'noise_gap_text']
+           'machine', 'boot_samples', 'paired_boot_ci', 'reference_pairs', 'reference_deltas', 'BenchRunner',
+           'run_bench', 'main', 'noise_gap_text']
 
 # %% ../nbs/30_bench.ipynb #d5485f35
 @dataclass
@@ -446,17 +446,23 @@ def paired_boot_ci(boot:dict, groups:pd.Series, baseline:str='bce', alpha:float=
             row[f'd_{f}_lo'], row[f'd_{f}_hi'] = (np.quantile(diff, [alpha / 2, 1 - alpha / 2]) if len(diff) else (np.nan, np.nan))
         rows.append(row)
     return pd.DataFrame(rows)
-def reference_deltas(boot:dict, groups:pd.Series, methods) -> pd.DataFrame:
-    """`paired_boot_ci` of every method against each of its references in the grid: BCE, its own stages
-    ('coarse2fine' against 'coarse2fine/stage1') and its `controls`; one row per (method, baseline, noise, select)."""
-    have = {k[0] for k in boot}
+def reference_pairs(methods, have) -> list:
+    """(method, reference) pairs of a grid's `methods` among the names in `have`: every method against BCE, against its
+    own stages ('coarse2fine' against 'coarse2fine/stage1', and the stage against BCE) and against its recipe's `controls`."""
+    have = set(have)
     pairs = [(m, 'bce') for m in methods if m != 'bce' and 'bce' in have]
     for m in methods:
         rec = get_method(m)
         pairs += [(m, f"{m}/{s}") for s in rec.stages] + [(m, c) for c in rec.controls if c in have]
         if 'bce' in have: pairs += [(f"{m}/{s}", 'bce') for s in rec.stages]
+    return [(m, b) for m, b in dict.fromkeys(pairs) if m in have and b in have]
+
+def reference_deltas(boot:dict, groups:pd.Series, methods) -> pd.DataFrame:
+    """`paired_boot_ci` of every method against each of its references in the grid (`reference_pairs`); one row per
+    (method, baseline, noise, select)."""
+    have = {k[0] for k in boot}
     out = [paired_boot_ci({k: v for k, v in boot.items() if k[0] in (m, b)}, groups, baseline=b).assign(baseline=b)
-           for m, b in dict.fromkeys(pairs) if m in have and b in have]
+           for m, b in reference_pairs(methods, have)]
     out = [o for o in out if len(o)]
     if not out: return pd.DataFrame()
     ci = pd.concat(out, ignore_index=True)
@@ -612,9 +618,11 @@ class BenchRunner:
         seconds = {'|'.join(map(str, t)): (None if self.done[t][3] is None else round(self.done[t][3], 1)) for t in ok}
         res.attrs['seconds'] = seconds
         self.curves, self.deltas_ci = curves, None
+        pairs = reference_pairs(self.all_methods, set(res['method']))
+        self.claims = claims_table(res, boot, self.boot_ap, pairs=pairs) if pairs else None   # seed-level verdicts
         if self.out is not None:
             cfg = dict(self.config(), seeds=list(self.seeds))
-            write_report(res, self.out, config=cfg, groups=self.groups, curves=curves)
+            write_report(res, self.out, config=cfg, groups=self.groups, curves=curves, claims=self.claims)
             ci = reference_deltas(boot, self.groups, self.all_methods)
             if len(ci): ci.to_csv(self.out / 'deltas_ci.csv', index=False); self.deltas_ci = ci
             (self.out / 'run.json').write_text(json.dumps(dict(
@@ -673,8 +681,9 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
         if workers is None:
             n_runs = len(p['methods']) * len(p['noise']) * len(p['seeds']) + sum(len(m) * len(n) * len(s) for m, n, s in p['extra'])
             workers = 1 if p['regime'].torch_device().type == 'cuda' else max(1, min(2, os.cpu_count() or 1, n_runs))
-        res = BenchRunner(p['methods'], p['noise'], p['seeds'], p['regime'], out=out, workers=workers, threads=threads,
-                          resume=resume, verbose=verbose, save_probs=save_probs, extra=p['extra']).run(report_only)
+        runner = BenchRunner(p['methods'], p['noise'], p['seeds'], p['regime'], out=out, workers=workers, threads=threads,
+                             resume=resume, verbose=verbose, save_probs=save_probs, extra=p['extra'])
+        res = runner.run(report_only)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     r = p['regime']
     print(f"{r.arch}, {r.size} px, {r.epochs} epochs ({r.schedule} lr {r.lr:g}), phantom n={r.n}; clean test labels; "
@@ -682,6 +691,10 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
     print(markdown_table(summary_table(res, 'clean')))
     if 'bce' in p['methods'] and len(p['methods']) > 1:
         print("\nDifference from bce, paired by seed:\n" + markdown_table(delta_table(res, 'bce', 'clean')))
+        claims = getattr(runner, 'claims', None)
+        if claims is not None and len(claims):
+            print("\nClaims (mAUC, best noisy-validation epoch; verdicts need 6 or more seeds):\n"
+                  + claims_markdown(claims[claims['reference'] == 'bce']))
     elif len(p['noise']) > 1 and 'none' in p['noise']:
         print("\n" + noise_gap_text(res))
     print(f"\nwall time {time.time() - t0:.0f} s; report: {Path(out) / 'summary.md'}")

@@ -4,6 +4,7 @@
 
 # %% ../nbs/21_report.ipynb #fc2c47ad
 from __future__ import annotations
+import warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -11,8 +12,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'METRIC_NAMES', 'CURVE_COLS', 'check_results', 'selected', 'run_means',
-           'summarize', 'fmt_pm', 'markdown_table', 'summary_table', 'paired_deltas', 'delta_table', 'plot_per_class',
+__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'CLAIM_COLS', 'CLAIM_FIGURES', 'METRIC_NAMES', 'CURVE_COLS', 'SELECT_NAMES',
+           'check_results', 'selected', 'run_means', 'summarize', 'fmt_pm', 'markdown_table', 'summary_table',
+           'paired_deltas', 'delta_table', 'claims_table', 'fmt_claim', 'claims_markdown', 'plot_per_class',
            'noise_rate', 'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
 
 # %% ../nbs/21_report.ipynb #8420710c
@@ -109,6 +111,86 @@ def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('
         out[f'Δ{f}'] = ['–' if not np.isfinite(m) else f"{m:+.3f} ± {s:.3f} ({w}/{n})"
                        for m, s, w, n in zip(d[f'd_{f}'], d[f'd_{f}_std'], d[f'{f}_wins'], d['seeds'])]
     return out
+
+# %% ../nbs/21_report.ipynb #6b2b0e0b
+CLAIM_COLS = ['method', 'reference', 'claim', 'figure', 'noise', 'select', 'seeds', 'wins', 'delta', 'lo', 'hi', 'p', 'p_holm',
+              'mde', 'verdict']
+CLAIM_FIGURES = ('mAUC', 'mAP', 'tail_AUC', 'tail_AP')
+
+def _figure_mask(figure:str, groups:pd.Series) -> tuple:
+    "('auc' or 'ap', class mask) of a run-level figure such as 'mAUC' or 'tail_AP', over the classes of `groups` in order."
+    metric = 'auc' if figure.endswith('AUC') else 'ap'
+    g = figure.split('_')[0] if '_' in figure else None
+    mask = np.ones(len(groups), bool) if g is None else (groups.to_numpy() == g)
+    if not mask.any(): raise ValueError(f"figure {figure!r}: no class in group {g!r}")
+    return metric, mask
+
+def _replicates(samples, mask) -> np.ndarray:
+    "A figure on each bootstrap replicate: the mean over the classes in `mask` that are defined on it."
+    with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        return np.nanmean(np.asarray(samples, float)[:, mask], 1)
+
+def claims_table(results:pd.DataFrame, boot:dict=None, boot_ap:dict=None, reference:str='bce', pairs=None,
+                 figures=CLAIM_FIGURES, selects=None, labels:str='clean', family=('reference', 'figure', 'noise', 'select')) -> pd.DataFrame:
+    """The claim 'method > reference' for every pair, noise setting, selection and figure, judged on the seeds both ran
+    (`stats.compare_seeds`, Holm within each `family`, `stats.add_verdicts`). Per-seed figures come from `results`;
+    the two-level interval uses the runs' patient-bootstrap samples `boot` (AUROC) and `boot_ap` (AP), keyed
+    (method, noise, seed, select) as `cxr_bench` keeps them, and falls back to the seeds alone where they are missing.
+    `pairs` defaults to every method against `reference`. Columns: `CLAIM_COLS`, then sd and the patient-only interval."""
+    from cxr_noisy_lt.stats import compare_seeds, add_verdicts
+    check_results(results)
+    have = list(dict.fromkeys(results['method']))
+    if pairs is None:
+        if reference not in have: raise KeyError(f"claims_table: reference {reference!r} is not among the methods {have}")
+        pairs = [(m, reference) for m in have if m != reference]
+    sels = [s for s in (selects or SELECTS) if 'select' not in results or s in set(results['select'])]
+    cls = results.drop_duplicates('class')
+    groups = pd.Series(cls['group'].to_numpy(), index=cls['class'].to_numpy())
+    stores = {'auc': boot or {}, 'ap': boot_ap or {}}
+    rows = []
+    for sel in sels:
+        rm = run_means(results, sel)
+        rm = rm[rm['labels'] == labels].set_index(['method', 'noise', 'seed']).sort_index()
+        for m, ref in pairs:
+            if m not in have or ref not in have: continue
+            for nz in dict.fromkeys(results['noise']):
+                try: a, b = rm.loc[(m, nz)], rm.loc[(ref, nz)]
+                except KeyError: continue
+                seeds = sorted(set(a.index) & set(b.index))
+                if not seeds: continue
+                for f in figures:
+                    d = (a.loc[seeds, f] - b.loc[seeds, f]).to_numpy(float)
+                    if np.isnan(d).any(): continue
+                    metric, mask = _figure_mask(f, groups)
+                    st = stores[metric]
+                    keys = [((m, nz, s, sel), (ref, nz, s, sel)) for s in seeds]
+                    bd = (np.stack([_replicates(st[k1], mask) - _replicates(st[k2], mask) for k1, k2 in keys])
+                          if all(k1 in st and k2 in st for k1, k2 in keys) else None)
+                    rows.append(dict(method=m, reference=ref, claim=f"{m} > {ref}", figure=f, noise=nz, select=sel,
+                                     **compare_seeds(d, bd)))
+    if not rows: return pd.DataFrame(columns=CLAIM_COLS)
+    out = add_verdicts(pd.DataFrame(rows), family=family)
+    return out[CLAIM_COLS + [c for c in out.columns if c not in CLAIM_COLS]]
+
+def fmt_claim(row) -> str:
+    "One claim as text: '+0.012 [-0.004, +0.027], p 0.031 (Holm 0.12), 8/10 seeds, MDE 0.015: inconclusive'."
+    mde = '∞ (under 6 seeds)' if not np.isfinite(row['mde']) else f"{row['mde']:.3f}"
+    ci = '' if not np.isfinite(row['lo']) else f" [{row['lo']:+.3f}, {row['hi']:+.3f}]"
+    return (f"{row['delta']:+.3f}{ci}, p {row['p']:.3g} (Holm {row['p_holm']:.3g}), {row['wins']}/{row['seeds']} seeds, "
+            f"MDE {mde}: {row['verdict']}")
+
+def claims_markdown(claims:pd.DataFrame, figure:str='mAUC', select:str='best') -> str:
+    "A Markdown table of the claims of one figure and selection: one row per claim and noise setting."
+    c = claims[(claims['figure'] == figure) & (claims['select'] == select)]
+    if not len(c): return f"(no claims on {figure} at select={select!r})"
+    t = pd.DataFrame({'claim': c['claim'], 'noise': c['noise'], 'seeds': c['seeds'], f'Δ{figure}': c['delta'],
+                      '95% CI (seeds, patients)': [('–' if not np.isfinite(l) else f"[{l:+.3f}, {h:+.3f}]") for l, h in zip(c['lo'], c['hi'])],
+                      'p': [f"{p:.3g}" for p in c['p']], 'p (Holm)': [f"{p:.3g}" for p in c['p_holm']],
+                      'wins': [f"{w}/{n}" for w, n in zip(c['wins'], c['seeds'])],
+                      'MDE': ['∞' if not np.isfinite(v) else f"{v:.3f}" for v in c['mde']], 'verdict': c['verdict']})
+    return markdown_table(t, floatfmt='+.3f')
+
 
 # %% ../nbs/21_report.ipynb #f6c0cf53
 METRIC_NAMES = {'auc': 'AUROC', 'ap': 'AP'}
@@ -239,12 +321,16 @@ def plot_curves(curves:pd.DataFrame, noise=None, methods=None, figsize=None):
     return fig
 
 # %% ../nbs/21_report.ipynb #2181b538
+SELECT_NAMES = {'best': 'best noisy-validation epoch (what a user can select)', 'last': 'last epoch',
+                'clean_best': 'best clean-validation epoch (an oracle no user has)'}
+
 def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', config:dict=None, groups:pd.Series=None,
-                 curves:pd.DataFrame=None) -> Path:
-    "Write results.csv (and curves.csv), summary.md and the plots to folder `out`; returns the path of summary.md."
+                 curves:pd.DataFrame=None, claims:pd.DataFrame=None) -> Path:
+    "Write results.csv (and curves.csv, claims.csv), summary.md and the plots to folder `out`; returns the path of summary.md."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     check_results(results).to_csv(out / 'results.csv', index=False)
     if curves is not None: check_curves(curves).to_csv(out / 'curves.csv', index=False)
+    if claims is not None: claims[CLAIM_COLS].to_csv(out / 'claims.csv', index=False)
     labels = ['clean', 'noisy'] if 'clean' in set(results['labels']) else sorted(set(results['labels']))
     lines = [f"# {title}", ""]
     if 'select' in results.columns:
@@ -256,6 +342,15 @@ def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', conf
     for lab in labels:
         if lab not in set(results['labels']): continue
         lines += [f"## Test labels: {lab}", "", markdown_table(summary_table(results, lab)), ""]
+    if claims is not None and len(claims):
+        lines += ["## Claims (clean test labels, mAUC)", "",
+                  "Each claim 'method > reference' is judged on the seeds both ran: mean per-seed difference, 95% interval "
+                  "of a two-level bootstrap (seeds, then test patients), exact sign-flip p-value, Holm-corrected within "
+                  "each table, seeds won, minimum detectable effect (80% power; ∞ below 6 seeds). It *holds* where the "
+                  "interval lies above 0 and the corrected p < 0.05, is *contradicted* where the interval lies below 0 and "
+                  "the corrected p < 0.05, and is *inconclusive* otherwise. Every figure is in `claims.csv`.", ""]
+        for sel in [s for s in SELECTS if s in set(claims['select'])]:
+            lines += [f"### {SELECT_NAMES.get(sel, sel)}", "", claims_markdown(claims, 'mAUC', sel), ""]
     if 'bce' in set(results['method']) and results['method'].nunique() > 1:
         lab = labels[0]
         lines += [f"## Difference from bce, paired by seed (test labels: {lab})", "",
