@@ -19,6 +19,7 @@ from IPython.display import Image, HTML
 from sklearn.metrics import roc_curve, precision_recall_curve
 from .labels import label_space, clean_col
 from .metrics import per_class_auc, per_class_ap, bootstrap_ci
+from .stats import compare_seeds, holm, verdict, two_level_ci
 from .report import check_results, check_curves, selected, summary_table, METRIC_NAMES, GROUP_COLORS
 from .bench import N_BOOT, parse_noise, noisy_frame
 from .data import test_dl
@@ -211,19 +212,16 @@ class BenchData:
         return self._samples[ck]
 
     def intervals(self, method, noise=None, labels:str='clean', metric:str='auc', select:str='best', alpha:float=0.05, seeds=None):
-        "Per-class (lo, hi) bootstrap interval of the mean over `seeds` (None: all) of `method`'s `metric`; None without samples for every seed."
+        """Per-class (lo, hi) interval of the mean over `seeds` (None: all) of `method`'s `metric`, from the two-level
+        bootstrap (seeds, then test patients; `stats.two_level_ci`); None without samples for every seed."""
         noise = self.noises[0] if noise is None else noise
         seeds = self.seeds(method, noise, select) if seeds is None else list(seeds)
         S = [self.samples(method, noise, s, select, labels, metric) for s in seeds]
         if not S or any(s is None for s in S): return None
-        return _quantiles(np.mean(S, 0), alpha)
+        S = np.stack(S)                                                          # [seeds, resamples, classes]
+        lo, hi = zip(*[two_level_ci(S[:, :, j], alpha) for j in range(S.shape[2])])
+        return np.array(lo), np.array(hi)
 
-def _quantiles(samples:np.ndarray, alpha:float=0.05) -> tuple:
-    "(lo, hi) quantiles over the first axis, ignoring NaN (NaN where a column has no finite value)."
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)
-        q = np.nanquantile(np.asarray(samples, np.float64), [alpha / 2, 1 - alpha / 2], axis=0)
-    return q[0], q[1]
 
 def _read_csv(fn:Path) -> pd.DataFrame:
     try: return pd.read_csv(fn)
@@ -376,7 +374,7 @@ def _draw_bars(ax, bench, r, methods, info, metric, labels, noise, select, seeds
 
 def _ci_note(no_ci, methods, metric, labels) -> str:
     name = METRIC_NAMES.get(metric, metric)
-    if not no_ci: return "bars: mean over seeds; lines: 95% patient-bootstrap interval of that mean"
+    if not no_ci: return "bars: mean over seeds; lines: 95% interval of that mean (bootstrap over seeds, then test patients)"
     why = f"no bootstrap samples of {name} on {labels} labels, and no test probabilities"
     if len(no_ci) == len(methods): return f"bars: mean over seeds; no intervals ({why})"
     return f"bars: mean over seeds; lines: 95% bootstrap interval; none for {', '.join(no_ci)} ({why})"
@@ -521,7 +519,9 @@ MEAN_ROW = '(mean over classes)'
 
 def class_deltas(source, a, b='bce', noise=None, labels:str='clean', metric:str='auc', select:str='best',
                  alpha:float=0.05) -> pd.DataFrame:
-    "Per class, method `a` minus method `b` paired by seed (mean over the seeds both ran), its bootstrap interval and the seeds won; last, the mean over classes."
+    """Per class, method `a` minus method `b` paired by seed (mean over the seeds both ran), judged on the seeds as
+    `cxr_noisy_lt.stats` judges a claim: two-level bootstrap interval (seeds, then test patients), sign-flip p, Holm
+    across the classes, seeds won and verdict; last, the mean over classes (its own claim, as in `claims.csv`)."""
     bench = as_bench(source)
     noise = bench.noises[0] if noise is None else noise
     r = bench.rows(noise, labels, select)
@@ -537,29 +537,38 @@ def class_deltas(source, a, b='bce', noise=None, labels:str='clean', metric:str=
         raise NotAvailable(f"{a} (seeds {sorted(A.index)}) and {b} (seeds {sorted(B.index)}) share no seed at noise {noise!r}")
     A, B = A.loc[common], B.loc[common]
     D = A - B
-    out = pd.DataFrame({'class': info.index, 'group': info['group'].to_numpy(), 'n_train_pos': info['n_train_pos'].to_numpy(),
-                        a: A.mean().to_numpy(), b: B.mean().to_numpy(), 'delta': D.mean().to_numpy(),
-                        'lo': np.nan, 'hi': np.nan, 'wins': (D > 0).sum().to_numpy(), 'seeds': len(common)})
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
         mA, mB = np.nanmean(A.to_numpy(float), 1), np.nanmean(B.to_numpy(float), 1)
-        last = {'class': MEAN_ROW, 'group': '', 'n_train_pos': np.nan, a: mA.mean(), b: mB.mean(), 'delta': (mA - mB).mean(),
-                'lo': np.nan, 'hi': np.nan, 'wins': int((mA - mB > 0).sum()), 'seeds': len(common)}
         Sa = [bench.samples(a, noise, s, select, labels, metric) for s in common]
         Sb = [bench.samples(b, noise, s, select, labels, metric) for s in common]
-        if all(s is not None for s in Sa + Sb):
-            k = pd.Index(bench.classes).get_indexer(info.index)
-            out['lo'], out['hi'] = _quantiles(np.mean([x[:, k] - y[:, k] for x, y in zip(Sa, Sb)], 0), alpha)
-            dm = np.mean([np.nanmean(x, 1) - np.nanmean(y, 1) for x, y in zip(Sa, Sb)], 0)
-            dm = dm[np.isfinite(dm)]
-            if len(dm): last['lo'], last['hi'] = np.quantile(dm, [alpha / 2, 1 - alpha / 2])
+        k = pd.Index(bench.classes).get_indexer(info.index)
+        boot = (np.stack([x[:, k] - y[:, k] for x, y in zip(Sa, Sb)])            # [seeds, resamples, classes]
+                if all(s is not None for s in Sa + Sb) else None)
+        mboot = None if boot is None else np.stack([np.nanmean(x, 1) - np.nanmean(y, 1) for x, y in zip(Sa, Sb)])
+    rows = []
+    for j, c in enumerate(info.index):
+        d = D[c].to_numpy(float)
+        ok = ~np.isnan(d)
+        st = (compare_seeds(d[ok], None if boot is None else boot[ok, :, j], alpha) if ok.any()
+              else dict(delta=np.nan, lo=np.nan, hi=np.nan, p=np.nan, wins=0, seeds=0))
+        rows.append({'class': c, 'group': info.at[c, 'group'], 'n_train_pos': info.at[c, 'n_train_pos'], a: A[c].mean(),
+                     b: B[c].mean(), 'delta': st['delta'], 'lo': st['lo'], 'hi': st['hi'], 'p': st['p'],
+                     'wins': st['wins'], 'seeds': st['seeds']})
+    out = pd.DataFrame(rows)
+    out['p_holm'] = holm(out['p'].to_numpy(float))                                  # the classes are one family
+    st = compare_seeds(mA - mB, mboot, alpha)
+    last = {'class': MEAN_ROW, 'group': '', 'n_train_pos': np.nan, a: mA.mean(), b: mB.mean(), 'delta': st['delta'],
+            'lo': st['lo'], 'hi': st['hi'], 'p': st['p'], 'wins': st['wins'], 'seeds': st['seeds'], 'p_holm': st['p']}
     out = pd.concat([out, pd.DataFrame([last])], ignore_index=True)
+    out['verdict'] = [verdict(lo, hi, ph, alpha) for lo, hi, ph in zip(out['lo'], out['hi'], out['p_holm'])]
+    out.attrs['mde'] = st['mde']
     out.attrs.update(a=a, b=b, noise=noise, labels=labels, metric=metric, select=select)
     return out
 
 def delta_colors(d:pd.DataFrame) -> list:
-    "Dark grey where the interval excludes 0, light grey where it holds 0 or is missing."
-    return ['#404040' if (lo > 0 or hi < 0) else '#c4c4c4' for lo, hi in zip(d['lo'].fillna(-1), d['hi'].fillna(1))]
+    "Dark grey where the seeds decide the difference (verdict holds or contradicted), light grey where it is inconclusive."
+    return ['#404040' if v in ('holds', 'contradicted') else '#c4c4c4' for v in d['verdict']]
 
 def compare_view(source, a=None, b='bce', noise=None, labels:str='clean', metric:str='auc', select:str='best') -> tuple:
     "(figure, table): per-class bars of methods `a` and `b` with intervals, and their paired difference per class with intervals."
@@ -592,12 +601,15 @@ def compare_view(source, a=None, b='bce', noise=None, labels:str='clean', metric
     bot.set_ylabel(f"Δ{name}: {a} − {b}", fontsize=FS + 1)
     m = d.iloc[-1]
     ci = f" [{m['lo']:+.3f}, {m['hi']:+.3f}]" if np.isfinite(m['lo']) else ''
+    mde = d.attrs['mde']
     bot.set_title(f"paired by seed ({int(m['seeds'])} seed{'s' if m['seeds'] != 1 else ''}); mean over classes "
-                  f"{m['delta']:+.3f}{ci}", fontsize=FS + 1)
-    legend_outside(bot, handles=[Patch(color='#404040', label='95% interval\nexcludes 0'),
-                                 Patch(color='#c4c4c4', label='interval holds 0' if has_ci else 'no interval')])
+                  f"{m['delta']:+.3f}{ci}, p {m['p']:.2g}: {m['verdict']}"
+                  + ('' if np.isfinite(mde) else ' (a verdict needs 6 seeds or more)'), fontsize=FS + 1)
+    legend_outside(bot, handles=[Patch(color='#404040', label='decided by the seeds\n(holds or contradicted)'),
+                                 Patch(color='#c4c4c4', label='inconclusive')],
+                   title='95% interval: seeds,\nthen test patients')
     table = d.drop(columns=['n_train_pos']).rename(columns={a: f"{a} {name}", b: f"{b} {name}", 'delta': f"Δ{name}",
-                                                           'lo': '95% lo', 'hi': '95% hi'})
+                                                           'lo': '95% lo', 'hi': '95% hi', 'p_holm': 'p (Holm)'})
     return fig, table
 
 # %% ../nbs/23_widgets.ipynb #1e736074

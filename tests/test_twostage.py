@@ -15,7 +15,7 @@ def test_run_one_twostage():
     frame, images = toy_cxr(n=120, size=16, classes=CLASSES, seed=0)
     m = get_method('twostage')
     out = run_one(m, frame, images, CLASSES, epochs=2, lr=1e-2, bs=16, arch='test_resnet', seed=0)
-    fct.test_eq(set(out.probs), {(k, s) for k in ('twostage', 'twostage/stage1') for s in ('best', 'last')})
+    fct.test_eq(set(out.probs), {(k, s) for k in ('twostage', 'twostage/stage1') for s in ('best', 'last', 'clean_best')})
     probs = out.probs[('twostage', 'last')]
     fct.test_eq(probs.shape, ((frame.split == 'test').sum(), 4))
     fct.test_eq(out.curves['stage'].tolist(), ['stage1', 'stage1', 'stage2'])          # split_epochs(2) == (2, 1)

@@ -74,8 +74,8 @@ def html(w, key):
 def test_folder_is_read_back_exactly(bench_dir, phantom):
     b = W.load_bench(bench_dir / 'out')
     assert b.methods == ['bce', 'ral'] and b.noises == ['none', NOISE] and b.classes == list(NIH14)
-    keys = {(m, n, s, sel) for m in ('bce', 'ral') for n in ('none', NOISE) for s in (0, 1) for sel in ('best', 'last')}
-    assert set(b.probs) == keys and set(b.boot) == keys
+    keys = {(m, n, s, sel) for m in ('bce', 'ral') for n in ('none', NOISE) for s in (0, 1) for sel in ('best', 'last', 'clean_best')}
+    assert set(b.probs) == keys and set(b.boot) == keys and set(b.boot_ap) == keys
     assert b.config['n'] == REGIME['n'] and b.curves is not None and b.deltas_ci is not None
     for s in (0, 1):
         test = noisy_frame(phantom, NOISE, s)
@@ -95,8 +95,10 @@ def test_paired_interval_is_the_benchmarks(bench_dir):
     b = W.load_bench(bench_dir / 'out')
     for noise in ('none', NOISE):
         d = W.class_deltas(b, 'ral', 'bce', noise)
-        ci = b.deltas_ci.set_index(['method', 'noise', 'select']).loc[('ral', noise, 'best')]
-        np.testing.assert_allclose(d[['lo', 'hi']].iloc[-1].to_numpy(float), [ci['d_mAUC_lo'], ci['d_mAUC_hi']], atol=1e-6)
+        claims = pd.read_csv(bench_dir / 'out' / 'claims.csv')                          # the benchmark's own seed-level claim
+        ci = claims.set_index(['method', 'reference', 'figure', 'noise', 'select']).loc[('ral', 'bce', 'mAUC', noise, 'best')]
+        np.testing.assert_allclose(d[['delta', 'lo', 'hi', 'p']].iloc[-1].to_numpy(float), ci[['delta', 'lo', 'hi', 'p']].to_numpy(float), atol=1e-9)
+        assert d['verdict'].iat[-1] == ci['verdict'] == 'inconclusive'                   # two seeds decide nothing
         assert d['seeds'].iat[-1] == 2 and d['class'].iat[-1] == W.MEAN_ROW
         r = b.rows(noise).pivot_table(index='class', columns='method', values='auc')          # mean over both seeds
         per = d.iloc[:-1].set_index('class')
@@ -165,7 +167,7 @@ def test_static_figures_are_readable(bench_dir):
     ax = W.plot_class_bars(b, NOISE)
     words = readable(ax.figure)
     assert len(set(colours_of(ax))) == 2 and 'AUROC, clean test labels' in words
-    assert any('95% patient-bootstrap interval' in t for t in words)
+    assert any('95% interval of that mean (bootstrap over seeds, then test patients)' in t for t in words)
     fig = W.roc_view(b, 'Effusion', NOISE, threshold=.3)
     readable(fig)
     assert len({l.get_color() for l in fig.axes[0].lines[:-1:2]}) == 2                     # one colour per method
@@ -197,9 +199,9 @@ def test_bad_input_is_named(tmp_path, bench_dir):
     with pytest.raises(KeyError, match="'Heart'"): W.roc_view(b, 'Heart')
     with pytest.raises(ValueError, match="'f1'"): W.plot_class_bars(b, metric='f1')
     with pytest.raises(W.NotAvailable, match="'twostage'"): W.class_deltas(b, 'twostage', 'bce')
-    b.probs[('bce', 'none', 0, 'best')] = b.probs[('bce', 'none', 0, 'best')][:10]
-    b._samples.clear()
-    with pytest.raises(ValueError, match=r'shape \(10, 14\)'): b.samples('bce', 'none', 0, 'best', 'clean', 'ap')
+    b.probs[('bce', NOISE, 0, 'best')] = b.probs[('bce', NOISE, 0, 'best')][:10]
+    b._samples.clear()                                                   # noisy test labels: samples computed from the probabilities
+    with pytest.raises(ValueError, match=r'shape \(10, 14\)'): b.samples('bce', NOISE, 0, 'best', 'noisy', 'ap')
     with pytest.raises(W.NotAvailable, match='phantom settings'): W.phantom_test_frame({'n': 10}, 'none', 0)
 
 # --- the Grad-CAM explorer ---------------------------------------------------------------------------------------
