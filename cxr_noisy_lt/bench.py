@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_bench.ipynb #9036886f
 from __future__ import annotations
-import contextlib, copy, importlib, json, os, re, time, traceback, warnings
+import contextlib, copy, json, os, re, sys, time, traceback, warnings
 # fastai's import of torch.jit.script warns on this torch; the command's output stays clean
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 from dataclasses import dataclass, field
@@ -21,83 +21,20 @@ from fastprogress.fastprogress import progress_bar
 from .labels import label_space, clean_col, frame_groups, label_stats
 from .metrics import per_class_auc, per_class_ap, macro
 from .report import write_report, summary_table, markdown_table, delta_table, CURVE_COLS, SELECTS, claims_table, claims_markdown
+from .methods import (Method, METHODS, register_method, get_method, parse_method, available_methods, find_recipe,
+                                  method_origin, method_refs, adopt_methods, fit_regime)
+import cxr_noisy_lt.recipes  # registers the package's own methods
 
 # %% auto #0
-__all__ = ['METHODS', 'SCHEDULES', 'MAIN_METHODS', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'RUN_FORMAT', 'Method', 'parse_method',
-           'get_method', 'available_methods', 'Regime', 'profile', 'fit_regime', 'fitted_shares', 'EpochRecorder',
-           'evaluate', 'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs',
-           'machine', 'boot_samples', 'paired_boot_ci', 'reference_pairs', 'reference_deltas', 'BenchRunner',
-           'run_bench', 'main', 'noise_gap_text']
+__all__ = ['SCHEDULES', 'MAIN_METHODS', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'RUN_FORMAT', 'LOG_MODES', 'Regime', 'profile',
+           'fitted_shares', 'EpochRecorder', 'EpochLog', 'evaluate', 'RunOutput', 'build_learner', 'run_one',
+           'parse_noise', 'noisy_frame', 'task_name', 'save_probs', 'machine', 'boot_samples', 'paired_boot_ci',
+           'reference_pairs', 'reference_deltas', 'log_mode', 'FailedRuns', 'BenchRunner', 'run_bench', 'main',
+           'noise_gap_text', 'Method', 'METHODS', 'register_method', 'get_method', 'parse_method', 'available_methods',
+           'method_origin', 'fit_regime']
 
 # %% ../nbs/30_bench.ipynb #d5485f35
-@dataclass
-class Method:
-    "How the benchmark builds, trains and evaluates one method (its recipe)."
-    name: str
-    make_learner: Callable                    # (dls, arch, **kw) -> Learner
-    fit: Callable = None                      # (learn, epochs, lr) -> None; default `fit_regime`
-    eval_model: Callable = None               # learn -> nn.Module to evaluate; default learn.model
-    description: str = ''
-    stages: tuple = ()                        # stages also reported on their own, as 'name/stage' (e.g. 'stage1')
-    controls: tuple = ()                      # other methods it is compared with when they are in the same grid
-
-METHODS = {'bce': 'cxr_noisy_lt.recipes:bce',
-           'nvum': 'cxr_noisy_lt.recipes:nvum',
-           'ral': 'cxr_noisy_lt.recipes:ral',
-           'asl': 'cxr_noisy_lt.recipes:asl',
-           'focal': 'cxr_noisy_lt.recipes:focal',
-           'nvum+ral': 'cxr_noisy_lt.recipes:nvum_ral',
-           'attmix': 'cxr_noisy_lt.recipes:attmix',
-           'attmix-attention': 'cxr_noisy_lt.recipes:attmix_attention',
-           'simclr+attmix': 'cxr_noisy_lt.recipes:simclr_attmix',
-           'contrast+attmix': 'cxr_noisy_lt.recipes:contrast_attmix',
-           'coarse2fine': 'cxr_noisy_lt.recipes:coarse2fine',
-           'coarse2fine-empty': 'cxr_noisy_lt.recipes:coarse2fine_empty',
-           'coarse2fine-joint': 'cxr_noisy_lt.recipes:coarse2fine_joint',
-           'twostage': 'cxr_noisy_lt.recipes:twostage',
-           'twostage-1view': 'cxr_noisy_lt.recipes:twostage_1view'}
-
-def _value(s:str):
-    s = s.strip()
-    if s in ('True', 'False', 'None'): return {'True': True, 'False': False, 'None': None}[s]
-    for typ in (int, float):
-        try: return typ(s)
-        except ValueError: pass
-    return s
-
-def parse_method(name:str) -> tuple:
-    "'nvum@reg_weight=3,beta=0.8' -> ('nvum', {'reg_weight': 3, 'beta': 0.8}): a registered name and the hyperparameters for its recipe."
-    base, _, args = str(name).partition('@')
-    hp = {}
-    for a in filter(None, args.split(',')):
-        k, eq, v = a.partition('=')
-        if not eq or not re.fullmatch(r'[A-Za-z_]\w*', k.strip()):
-            raise ValueError(f"method {name!r}: hyperparameters are written key=value, separated by commas; got {a!r}")
-        hp[k.strip()] = _value(v)
-    return base, hp
-
-def get_method(name:str) -> Method:
-    "The `Method` registered as `name` (with '@key=value' hyperparameters); an unknown or unavailable name raises, listing those available."
-    base, hp = parse_method(name)
-    if base not in METHODS:
-        raise KeyError(f"unknown method {base!r}; available: {available_methods()}")
-    mod, fn = METHODS[base].split(':')
-    try: m = getattr(importlib.import_module(mod), fn)(**hp)
-    except (ImportError, AttributeError) as e:
-        raise KeyError(f"method {base!r} is not available in this version ({e}); available: {available_methods()}") from None
-    except TypeError as e: raise ValueError(f"method {name!r}: {e}") from None
-    if hp: m.name = name
-    return m
-
-def available_methods() -> list:
-    "Names in `METHODS` whose module provides them."
-    out = []
-    for k, v in METHODS.items():
-        mod, fn = v.split(':')
-        try:
-            if hasattr(importlib.import_module(mod), fn): out.append(k)
-        except ImportError: pass
-    return out
+_all_ = ['Method', 'METHODS', 'register_method', 'get_method', 'parse_method', 'available_methods', 'method_origin', 'fit_regime']
 
 # %% ../nbs/30_bench.ipynb #5c893126
 SCHEDULES = ('constant', 'flat_cos', 'one_cycle')
@@ -165,7 +102,7 @@ PROFILES = {
                                  'twostage@weight=0.017', 'twostage@weight=0.15'),
                         noise=('nih-like:0.4',), seeds=(0,), regime=dict(epochs=30)),
     # decides two-stage's default before the main grid: one or two views, on 3 seeds, by noisy-validation mAUC
-    'views': dict(methods=('twostage', 'twostage-1view'), noise=('none', 'nih-like:0.4'), seeds=(0, 1, 2), regime=dict(epochs=30)),
+    'views': dict(methods=('twostage-2view', 'twostage-1view'), noise=('none', 'nih-like:0.4'), seeds=(0, 1, 2), regime=dict(epochs=30)),
     'options': dict(methods=('attmix-attention', 'twostage-1view', 'contrast+attmix'), noise=('none', 'nih-like:0.4'),
                     seeds=(0,), regime=dict(epochs=30)),
     'c2f-os8': dict(methods=('bce', 'coarse2fine', 'coarse2fine-empty', 'coarse2fine-joint'), noise=('nih-like:0.4',),
@@ -186,14 +123,6 @@ def profile(name:str, **overrides) -> dict:
         elif k in Regime.__dataclass_fields__: reg[k] = v
         else: raise KeyError(f"unknown setting {k!r}: neither a grid setting {list(p)} nor a regime field {list(Regime.__dataclass_fields__)}")
     return dict(p, regime=Regime(**reg))
-
-def fit_regime(learn, epochs:int, lr:float=None, cbs=None):
-    "Fit `learn` for `epochs` with the schedule of the benchmark regime it was built under (`learn.regime`; one-cycle without one)."
-    reg = getattr(learn, 'regime', None)
-    lr = ifnone(lr, reg.lr if reg is not None else 2e-3)
-    if reg is None or reg.schedule == 'one_cycle': learn.fit_one_cycle(epochs, lr, cbs=cbs)
-    elif reg.schedule == 'flat_cos': learn.fit_flat_cos(epochs, lr, cbs=cbs)
-    else: learn.fit(epochs, lr, cbs=cbs)
 
 # %% ../nbs/30_bench.ipynb #d2f8849c
 def fitted_shares(probs:np.ndarray, noisy:np.ndarray, clean:np.ndarray) -> dict:
@@ -275,6 +204,23 @@ class EpochRecorder(Callback):
     @property
     def curves(self) -> pd.DataFrame: return pd.DataFrame(self.rows)
 
+def _say(line:str):
+    "`line` to stdout in one write, after the clock: worker processes share the stream."
+    sys.stdout.write(f"{time.strftime('%H:%M:%S')} {line}\n"); sys.stdout.flush()
+
+class EpochLog(Callback):
+    "One line per epoch, after `prefix`, from the `EpochRecorder` `rec` it follows (`cxr_bench --verbose` in a log file)."
+    order = EpochRecorder.order + 1
+    def __init__(self, rec:EpochRecorder, prefix:str=''): self.rec, self.prefix = rec, prefix
+    def after_epoch(self):
+        if not self.rec.rows: return
+        r = self.rec.rows[-1]
+        fit = r.get('flipped_fitted', float('nan'))
+        _say(f"{self.prefix}epoch {r['epoch']} ({r['stage']}): train loss {r['train_loss']:.4f}, valid mAUC "
+             f"{r['valid_noisy_mAUC']:.4f} (noisy labels) {r['valid_clean_mAUC']:.4f} (clean)"
+             + (f", flipped labels fitted {fit:.0%}" if np.isfinite(fit) else '')
+             + f", {r['train_seconds'] + r['eval_seconds']:.0f} s")
+
 # %% ../nbs/30_bench.ipynb #7e4bd352
 def evaluate(probs:np.ndarray, test_frame:pd.DataFrame, classes, groups:pd.Series, n_train_pos:pd.Series, **keys) -> pd.DataFrame:
     "Tidy per-class AUC/AP rows for `probs` [N,C] on `test_frame`, for clean and observed labels."
@@ -320,18 +266,19 @@ def build_learner(method:Method, frame:pd.DataFrame, images, classes, regime:Reg
     return learn
 
 def run_one(method:Method, frame:pd.DataFrame, images, classes, regime:Regime=None, seed:int=0, verbose:bool=False,
-            phantom=None, **regime_kw) -> RunOutput:
-    "Train `method` on `frame`'s train split under `regime`; the test probabilities of its `SELECTS`: best noisy-validation epoch, last epoch and (where `frame` has clean labels) best clean-validation epoch."
+            phantom=None, log:str=None, **regime_kw) -> RunOutput:
+    "Train `method` on `frame`'s train split under `regime`; the test probabilities of its `SELECTS`: best noisy-validation epoch, last epoch and (where `frame` has clean labels) best clean-validation epoch. With `log`, a line per epoch starting with it."
     from cxr_noisy_lt.learner import predict_split
     regime = regime or Regime(**regime_kw)
     t0 = time.time()
     learn = build_learner(method, frame, images, classes, regime, seed, phantom)
-    rec = EpochRecorder(frame, classes, eval_model=method.eval_model)
+    rec = EpochRecorder(frame, classes, eval_model=method.scored_model)
     learn.add_cb(rec)
+    if log is not None: learn.add_cb(EpochLog(rec, log))
     with contextlib.ExitStack() as quiet:
         if not verbose: quiet.enter_context(learn.no_bar()); quiet.enter_context(learn.no_logging())
-        (method.fit or fit_regime)(learn, regime.epochs, regime.lr)
-    final = method.eval_model(learn) if method.eval_model is not None else learn.model
+        method.train(learn, regime.epochs, regime.lr)
+    final = method.scored_model(learn)
     models = {(method.name, 'best'): rec.best[None][1:], (method.name, 'last'): (len(rec.rows), final)}
     if rec.has_clean: models[(method.name, 'clean_best')] = rec.clean_best[None][1:]
     for s in method.stages:
@@ -367,7 +314,7 @@ def noisy_frame(ph, spec:str, seed:int) -> pd.DataFrame:
     return ph.frame if model is None else add_noise(ph.frame, ph.classes, model=model, rate=rate, seed=seed, splits=None)
 
 def task_name(method:str, spec:str, seed:int) -> str:
-    "File-name key of one run: 'nvum__nih-like-0.4__seed1'."
+    "File-name key of one run: 'nvum__nih-like-0.4__seed1'; `method` is the name the run's results carry (`Method.name`)."
     return f"{method}__{spec.replace(':', '-')}__seed{seed}"
 
 def save_probs(runs, task, probs:dict) -> Path:
@@ -377,24 +324,30 @@ def save_probs(runs, task, probs:dict) -> Path:
     return fn
 
 _WORKER = {}
-def _worker_init(threads, phantom_kw, regime, groups, n_pos, verbose):
+def _worker_init(threads, phantom_kw, regime, groups, n_pos, verbose, lines=False, refs=None):
     warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
     torch.set_num_threads(threads)
+    try: adopt_methods(refs or {})          # the modules that registered the grid's names: a spawned process starts without them
+    except Exception: _WORKER['error'] = traceback.format_exc()
     from cxr_noisy_lt.phantom import make_phantom
-    _WORKER.update(ph=make_phantom(**phantom_kw, progress=False), regime=regime, groups=groups, n_pos=n_pos, verbose=verbose)
+    _WORKER.update(ph=make_phantom(**phantom_kw, progress=False), regime=regime, groups=groups, n_pos=n_pos, verbose=verbose,
+                   lines=lines)
 
-def _run_task(ph, task, regime, groups, n_pos, verbose) -> tuple:
-    "(task, results, curves, probs, seconds, None) for one grid cell, or (task, None, None, None, None, traceback) if it fails."
+def _run_task(ph, task, regime, groups, n_pos, verbose, lines:bool=False) -> tuple:
+    """(task, results, curves, probs, seconds, None) for one grid cell, or (task, None, None, None, None, traceback) if it
+    fails; `verbose` with `lines`: a line per epoch instead of fastai's tables."""
     try:
         name, spec, seed = task
         frame = noisy_frame(ph, spec, seed)
-        out = run_one(get_method(name), frame, ph.images, ph.classes, regime, seed=seed, verbose=verbose, phantom=ph)
+        method = get_method(name)
+        out = run_one(method, frame, ph.images, ph.classes, regime, seed=seed, verbose=verbose and not lines, phantom=ph,
+                      log=f"{name} | {spec} | {seed}: " if verbose and lines else None)
         test = frame[frame['split'] == 'test']
         res = pd.concat([evaluate(p, test, ph.classes, groups, n_pos, method=m, noise=spec, seed=seed, select=sel,
                                   epoch=out.epochs[(m, sel)]) for (m, sel), p in out.probs.items()], ignore_index=True)
-        curves = out.curves.assign(method=name, noise=spec, seed=seed)
+        curves = out.curves.assign(method=method.name, noise=spec, seed=seed)
         return task, res, curves, out.probs, out.seconds, None
-    except Exception: return task, None, None, None, None, traceback.format_exc()
+    except (Exception, SystemExit): return task, None, None, None, None, traceback.format_exc()
 
 def machine() -> str:
     "Where a run ran: CPU model, vector extensions, cores, host name, torch version (kept per run in `runs/machines.json`)."
@@ -410,7 +363,8 @@ def machine() -> str:
 
 def _worker_task(task):
     w = _WORKER
-    return _run_task(w['ph'], task, w['regime'], w['groups'], w['n_pos'], w['verbose'])
+    if 'error' in w: return task, None, None, None, None, w['error']
+    return _run_task(w['ph'], task, w['regime'], w['groups'], w['n_pos'], w['verbose'], w['lines'])
 
 # %% ../nbs/30_bench.ipynb #b331e41f
 N_BOOT = 200
@@ -447,12 +401,13 @@ def paired_boot_ci(boot:dict, groups:pd.Series, baseline:str='bce', alpha:float=
         rows.append(row)
     return pd.DataFrame(rows)
 def reference_pairs(methods, have) -> list:
-    """(method, reference) pairs of a grid's `methods` among the names in `have`: every method against BCE, against its
-    own stages ('coarse2fine' against 'coarse2fine/stage1', and the stage against BCE) and against its recipe's `controls`."""
-    have = set(have)
-    pairs = [(m, 'bce') for m in methods if m != 'bce' and 'bce' in have]
-    for m in methods:
-        rec = get_method(m)
+    """(method, reference) pairs, by the names results carry, of a grid's `methods` among the names in `have`: every method
+    against BCE, against its own stages ('coarse2fine' against 'coarse2fine/stage1', and the stage against BCE) and
+    against its recipe's `controls`."""
+    have, recs = set(have), [get_method(m) for m in methods]
+    pairs = [(r.name, 'bce') for r in recs if r.name != 'bce' and 'bce' in have]
+    for rec in recs:
+        m = rec.name                                           # what its results are named
         pairs += [(m, f"{m}/{s}") for s in rec.stages] + [(m, c) for c in rec.controls if c in have]
         if 'bce' in have: pairs += [(f"{m}/{s}", 'bce') for s in rec.stages]
     return [(m, b) for m, b in dict.fromkeys(pairs) if m in have and b in have]
@@ -470,18 +425,45 @@ def reference_deltas(boot:dict, groups:pd.Series, methods) -> pd.DataFrame:
 
 
 # %% ../nbs/30_bench.ipynb #d422b7b6
+LOG_MODES = ('auto', 'bar', 'lines')
+
+def log_mode(log:str='auto', stream=None) -> str:
+    """How a grid reports progress: 'bar' (a progress bar, as in a terminal or a notebook) or 'lines' (a line per
+    finished cell, for a log file); 'auto' picks 'lines' where `stream` (stdout) is neither a terminal nor a notebook
+    (a Slurm log, CI, a pipe)."""
+    if log not in LOG_MODES: raise ValueError(f"log={log!r}: use one of {LOG_MODES}")
+    if log != 'auto': return log
+    import fastprogress.fastprogress as fp
+    if fp.IN_NOTEBOOK: return 'bar'
+    stream = sys.stdout if stream is None else stream
+    try: return 'bar' if stream.isatty() else 'lines'
+    except (AttributeError, ValueError): return 'lines'
+
+class FailedRuns(RuntimeError):
+    "Some cells of a grid failed; the report has the others, whose tidy results are `results`."
+    def __init__(self, msg:str, results:pd.DataFrame=None): super().__init__(msg); self.results = results
+
 class BenchRunner:
     "One benchmark: a grid of methods x noise settings x seeds under one `Regime`, its run folder, resume and worker processes."
     def __init__(self, methods=('bce',), noise=('none',), seeds=(0,), regime:Regime=None, out=None, workers:int=1,
                  threads:int=None, resume:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, extra=(),
-                 **regime_kw):
+                 log:str='auto', **regime_kw):
         self.methods, self.noise, self.seeds = tuple(methods), tuple(noise), tuple(int(s) for s in seeds)
         self.extra = tuple((tuple(m), tuple(n), tuple(int(s) for s in ss)) for m, n, ss in extra)
         self.regime = regime or Regime(**regime_kw)
+        self.names = {}                                       # grid name -> the name its results and run files carry
         for ms, ns, _ in ((self.methods, self.noise, None),) + self.extra:
-            for m in ms: get_method(m)                        # fail early on a bad name
+            for m in ms:
+                if m not in self.names: self.names[m] = get_method(m).name     # fail early on a bad name
             for s in ns: parse_noise(s)
+        seen = {}
+        for m, r in self.names.items():
+            if r in seen: raise ValueError(f"methods {seen[r]!r} and {m!r} both name their results {r!r}: give one recipe's Method another name")
+            seen[r] = m
         if workers < 1: raise ValueError(f"workers={workers!r}: expected at least 1")
+        if log not in LOG_MODES: raise ValueError(f"log={log!r}: use one of {LOG_MODES}")
+        self.log = log                                        # 'auto', 'bar' or 'lines' (`log_mode`)
+        self.refs = method_refs(self.names) if workers > 1 else {}   # modules a worker imports to find registered names
         self.out = None if out is None else Path(out)
         self.workers, self.threads, self.resume, self.verbose, self.cache_dir = workers, threads, resume, verbose, cache_dir
         self.save_probs = save_probs                          # also keep each run's test probabilities (runs/<run>.probs.npz)
@@ -496,15 +478,17 @@ class BenchRunner:
     @property
     def runs(self) -> Path|None: return None if self.out is None else self.out / 'runs'
 
+    def _stem(self, t) -> str: return task_name(self.names[t[0]], t[1], t[2])
+
     def config(self) -> dict:
         "What must match for saved runs to be reused: the regime and the format of the run files."
         return dict(self.regime.config(), run_format=RUN_FORMAT)
 
-    def phantom(self):
+    def phantom(self, progress:bool=True):
         from cxr_noisy_lt.phantom import make_phantom
         r = self.regime
         self.phantom_kw = dict(n=r.n, size=r.size, seed=r.phantom_seed, splits=r.splits, cache_dir=self.cache_dir)
-        ph = make_phantom(**self.phantom_kw)
+        ph = make_phantom(**self.phantom_kw, progress=progress)
         # groups by the true training frequency of each class, the same for every noise setting
         self.groups = frame_groups(ph.frame, ph.classes, head=r.head, tail=r.tail)
         self.n_pos = label_stats(ph.frame, ph.classes)['positives']
@@ -539,63 +523,79 @@ class BenchRunner:
     def _load_saved(self):
         secs = json.loads((self.runs / 'seconds.json').read_text()) if (self.runs / 'seconds.json').exists() else {}
         for t in self.grid:
-            stem = self.runs / task_name(*t)
+            stem = self.runs / self._stem(t)
             fns = [stem.with_name(stem.name + s) for s in ('.csv', '.curves.csv', '.boot.npz')]
             if all(f.exists() for f in fns):
                 with np.load(fns[2]) as z: boot = {tuple(k.split('|')): z[k] for k in z.files}
-                self.done[t] = (pd.read_csv(fns[0]), pd.read_csv(fns[1]), boot, secs.get(task_name(*t)))
+                self.done[t] = (pd.read_csv(fns[0]), pd.read_csv(fns[1]), boot, secs.get(self._stem(t)))
 
     def _save(self, t, res, curves, boot, secs, probs=None):
-        stem = self.runs / task_name(*t)
-        if probs is not None: save_probs(self.runs, t, probs)   # before the results: a saved run has all its files
+        stem = self.runs / self._stem(t)
+        if probs is not None: save_probs(self.runs, (self.names[t[0]], *t[1:]), probs)   # before the results: a saved run has all its files
         res.to_csv(stem.with_name(stem.name + '.csv'), index=False)
         curves.to_csv(stem.with_name(stem.name + '.curves.csv'), index=False)
         np.savez(stem.with_name(stem.name + '.boot.npz'), **{'|'.join(k): v for k, v in boot.items()})
-        fail = self.runs / 'failed' / f"{task_name(*t)}.txt"
+        fail = self.runs / 'failed' / f"{self._stem(t)}.txt"
         if fail.exists(): fail.unlink()
         for name, v in (('seconds.json', round(secs, 1)), ('machines.json', machine())):
             fn = self.runs / name
             old = json.loads(fn.read_text()) if fn.exists() else {}
-            fn.write_text(json.dumps({**old, task_name(*t): v}, indent=1))
+            fn.write_text(json.dumps({**old, self._stem(t): v}, indent=1))
 
-    def _finish(self, ph, t, res, curves, probs, secs, err):
+    def _finish(self, ph, t, res, curves, probs, secs, err, count=None):
+        "Keep (and save) one finished cell; with `count` (i, n), a line saying so."
+        cell = ' | '.join(map(str, t))
         if err is not None:
-            self.failed[t] = err
-            print(f"cxr_bench: run {' | '.join(map(str, t))} failed: {err.strip().splitlines()[-1]}", flush=True)
+            self.failed[t], fn, why = err, None, err.strip().splitlines()[-1]
             if self.runs is not None:
-                fn = self.runs / 'failed' / f"{task_name(*t)}.txt"; fn.parent.mkdir(exist_ok=True); fn.write_text(err)
+                fn = self.runs / 'failed' / f"{self._stem(t)}.txt"; fn.parent.mkdir(exist_ok=True); fn.write_text(err)
+            if count: _say(f"[{count[0]}/{count[1]}] {cell} failed: {why}" + (f" (traceback: {fn})" if fn else ''))
+            else: print(f"cxr_bench: run {cell} failed: {why}", flush=True)
             return
         test = ph.frame[ph.frame['split'] == 'test']
         boot = {k: boot_samples(p, test, ph.classes) for k, p in probs.items()}
         boot.update({(*k, 'ap'): boot_samples(p, test, ph.classes, metric='ap') for k, p in probs.items()})
         self.done[t] = (res, curves, boot, secs)
         if self.runs is not None: self._save(t, res, curves, boot, secs, probs if self.save_probs else None)
+        if count:
+            b = res[(res['method'] == self.names[t[0]]) & (res['select'] == 'best') & (res['labels'] == 'clean')]
+            _say(f"[{count[0]}/{count[1]}] {cell} done in {secs:.0f} s"
+                 + (f": clean-test mAUC {b['auc'].mean():.3f}, best noisy-validation epoch {b['epoch'].iloc[0]}" if len(b) else ''))
 
     def run(self, report_only:bool=False) -> pd.DataFrame:
         """Run the grid's missing cells (all of them without `resume`), write the report to `out`, return the tidy results.
         `report_only=True` runs nothing: it reports the saved cells (e.g. of a grid still running) and lists the missing ones."""
         if report_only and self.runs is None: raise ValueError("report_only: pass `out`, the folder whose saved runs to report")
-        ph = self.phantom()
+        lines = log_mode(self.log) == 'lines'                    # a line per finished cell, not a bar
+        ph = self.phantom(progress=not lines)
         if self.runs is not None:
             self._check_folder(self.resume or report_only)
             if self.resume or report_only: self._load_saved()
         todo = [t for t in self.grid if t not in self.done]
         if report_only: self.missing, todo = todo, []
-        if todo and (self.workers == 1 or len(todo) == 1):
+        one = self.workers == 1 or len(todo) == 1
+        nthreads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
+        count = lambda i: (i + 1, len(todo)) if lines else None
+        if todo and lines:
+            saved = len(self.grid) - len(todo)
+            _say(f"cxr_bench: {len(todo)} of {len(self.grid)} runs to do" + (f" ({saved} saved)" if saved else '')
+                 + (" in this process" if one else f" in {self.workers} worker processes, {nthreads} torch thread(s) each"))
+        if todo and one:
             if self.threads: torch.set_num_threads(self.threads)
-            pb = progress_bar(todo, leave=True)
-            for t in pb:
-                pb.comment = ' | '.join(map(str, t))
-                self._finish(ph, *_run_task(ph, t, self.regime, self.groups, self.n_pos, self.verbose))
+            pb = todo if lines else progress_bar(todo, leave=True)
+            for i, t in enumerate(pb):
+                if not lines: pb.comment = ' | '.join(map(str, t))
+                self._finish(ph, *_run_task(ph, t, self.regime, self.groups, self.n_pos, self.verbose, lines), count=count(i))
         elif todo:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
-            nthreads = self.threads or max(1, (os.cpu_count() or 1) // self.workers)
             ex = ProcessPoolExecutor(self.workers, mp_context=mp.get_context('spawn'), initializer=_worker_init,
-                                     initargs=(nthreads, self.phantom_kw, self.regime, self.groups, self.n_pos, self.verbose))
+                                     initargs=(nthreads, self.phantom_kw, self.regime, self.groups, self.n_pos, self.verbose,
+                                               lines, self.refs))
             try:
-                futs = [ex.submit(_worker_task, t) for t in todo]
-                for f in progress_bar(as_completed(futs), total=len(futs), leave=True): self._finish(ph, *f.result())
+                futs = as_completed([ex.submit(_worker_task, t) for t in todo])
+                for i, f in enumerate(futs if lines else progress_bar(futs, total=len(todo), leave=True)):
+                    self._finish(ph, *f.result(), count=count(i))
             finally: ex.shutdown(wait=True, cancel_futures=True)    # on an interrupt, start nothing new
         return self.report(report_only)
 
@@ -622,25 +622,42 @@ class BenchRunner:
         self.claims = claims_table(res, boot, self.boot_ap, pairs=pairs) if pairs else None   # seed-level verdicts
         if self.out is not None:
             cfg = dict(self.config(), seeds=list(self.seeds))
-            write_report(res, self.out, config=cfg, groups=self.groups, curves=curves, claims=self.claims)
+            self._note_unfinished(write_report(res, self.out, config=cfg, groups=self.groups, curves=curves, claims=self.claims))
             ci = reference_deltas(boot, self.groups, self.all_methods)
             if len(ci): ci.to_csv(self.out / 'deltas_ci.csv', index=False); self.deltas_ci = ci
             (self.out / 'run.json').write_text(json.dumps(dict(
                 config=cfg, methods=list(self.methods), noise=list(self.noise), extra=[list(map(list, e)) for e in self.extra],
-                workers=self.workers, seconds=seconds,
-                failed=[task_name(*t) for t in self.failed], missing=[task_name(*t) for t in self.missing]), indent=1))
+                workers=self.workers, seconds=seconds, names=self.names,
+                failed=[self._stem(t) for t in self.failed], missing=[self._stem(t) for t in self.missing]), indent=1))
         if self.failed:
             where = f"tracebacks in {self.runs / 'failed'}" if self.runs is not None else f"the first:\n{next(iter(self.failed.values()))}"
-            raise RuntimeError(f"{len(self.failed)} of {len(self.grid)} runs failed "
-                               f"({', '.join(' | '.join(map(str, t)) for t in self.failed)}); the report has the other {len(ok)}; {where}")
+            raise FailedRuns(f"{len(self.failed)} of {len(self.grid)} runs failed "
+                             f"({', '.join(' | '.join(map(str, t)) for t in self.failed)}); the report has the other {len(ok)}; {where}", res)
         return res
+
+    def _note_unfinished(self, fn:Path, most:int=20):
+        "List the failed cells (and, reporting a grid still running, the missing ones) in the report `fn`, before its first section."
+        add = []
+        if self.failed:
+            add += ["## Runs that failed", "", f"{len(self.failed)} of {len(self.grid)} runs failed; the tables leave them out. "
+                    "Their tracebacks are in `runs/failed/`:", ""]
+            add += [f"- {' | '.join(map(str, t))}: {e.strip().splitlines()[-1]} (`runs/failed/{self._stem(t)}.txt`)"
+                    for t, e in self.failed.items()] + [""]
+        if self.missing:
+            add += ["## Runs not saved yet", "", f"{len(self.missing)} of {len(self.grid)} runs are not in `runs/` yet:", ""]
+            add += [f"- {' | '.join(map(str, t))}" for t in self.missing[:most]]
+            add += ([f"- and {len(self.missing) - most} more"] if len(self.missing) > most else []) + [""]
+        if not add: return
+        text = fn.read_text()
+        at = text.find('\n## ') + 1 or len(text)
+        fn.write_text(text[:at] + '\n'.join(add) + '\n' + text[at:])
 
 def run_bench(methods=('bce',), noise=('none',), seeds=(0,), out=None, workers:int=1, threads:int=None, resume:bool=False,
               report_only:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, regime:Regime=None,
-              **regime_kw) -> pd.DataFrame:
+              log:str='auto', **regime_kw) -> pd.DataFrame:
     "Run the grid `methods` x `noise` x `seeds` on the phantom under `regime` (or `Regime(**regime_kw)`); see `BenchRunner`."
     return BenchRunner(methods, noise, seeds, regime, out, workers, threads, resume, verbose, cache_dir, save_probs,
-                       **regime_kw).run(report_only)
+                       log=log, **regime_kw).run(report_only)
 
 # %% ../nbs/30_bench.ipynb #734e7234
 def _csv(s, typ=str): return tuple(typ(x) for x in str(s).split(',') if x.strip() != '')
@@ -648,7 +665,7 @@ def _csv(s, typ=str): return tuple(typ(x) for x in str(s).split(',') if x.strip(
 @call_parse
 def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH-like noise, minutes on 2 CPU cores
          profile:str='full',            # profile: quick, full, views, gpu, sensitivity, options or c2f-os8 (see `PROFILES`)
-         methods:str=None,              # comma-separated method names (default: the profile's)
+         methods:str=None,              # comma-separated method names, registered, installed or module:function (default: the profile's)
          noise:str=None,                # comma-separated noise settings, e.g. none,symmetric:0.2,nih-like:0.4
          seeds:str=None,                # comma-separated seeds
          n:int=None,                    # number of phantom images, all splits
@@ -667,13 +684,19 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
          resume:store_true=False,       # reuse the finished runs saved in --out (same configuration only)
          report_only:store_true=False,  # run nothing: report the runs saved in --out so far
          save_probs:store_true=False,   # also keep each run's test probabilities (runs/<run>.probs.npz), for the ROC and threshold views
-         list_methods:store_true=False, # list the available methods and exit
-         verbose:store_true=False):     # show fastai's per-epoch tables
+         list_methods:store_true=False, # list the available methods, where each comes from, and exit
+         verbose:store_true=False):     # per-epoch figures: fastai's tables in a terminal, a line per epoch in a log file
     "Compare methods on the phantom CXR benchmark and write a report."
+    if os.getcwd() not in sys.path: sys.path.append(os.getcwd())  # 'module:function' finds modules in the current folder too
     if list_methods:
-        for k in available_methods(): print(f"{k:18} {get_method(k).description}")
+        rows = []
+        for k in available_methods():
+            try: rows.append((k, find_recipe(k)[1], get_method(k).description))
+            except Exception as e: rows.append((k, '?', f"unavailable: {type(e).__name__}: {e}"))
+        w = [max(len(r[i]) for r in rows) for i in (0, 1)]
+        for k, origin, desc in rows: print(f"{k:{w[0]}}  {origin:{w[1]}}  {desc}")
         return
-    t0 = time.time()
+    t0, failed = time.time(), None
     try:
         p = globals()['profile']('quick' if quick else profile, methods=_csv(methods) if methods else None,
                                  noise=_csv(noise) if noise else None, seeds=_csv(seeds, int) if seeds else None,
@@ -683,8 +706,12 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
             workers = 1 if p['regime'].torch_device().type == 'cuda' else max(1, min(2, os.cpu_count() or 1, n_runs))
         runner = BenchRunner(p['methods'], p['noise'], p['seeds'], p['regime'], out=out, workers=workers, threads=threads,
                              resume=resume, verbose=verbose, save_probs=save_probs, extra=p['extra'])
-        res = runner.run(report_only)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e: raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
+        try: res = runner.run(report_only)
+        except FailedRuns as e:                                   # the other cells are reported: print them, then fail
+            if e.results is None: raise
+            res, failed = e.results, e
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError, TypeError) as e:
+        raise SystemExit(f"cxr_bench: error: {e.args[0] if e.args else e}") from None
     r = p['regime']
     print(f"{r.arch}, {r.size} px, {r.epochs} epochs ({r.schedule} lr {r.lr:g}), phantom n={r.n}; clean test labels; "
           f"model of the best noisy-validation epoch")
@@ -698,6 +725,7 @@ def main(quick:store_true=False,        # the `quick` profile: BCE, clean vs NIH
     elif len(p['noise']) > 1 and 'none' in p['noise']:
         print("\n" + noise_gap_text(res))
     print(f"\nwall time {time.time() - t0:.0f} s; report: {Path(out) / 'summary.md'}")
+    if failed is not None: raise SystemExit(f"cxr_bench: error: {failed.args[0]}")
 
 def noise_gap_text(res:pd.DataFrame, labels:str='clean') -> str:
     "One line per method: clean-test mAUC without noise and its drop under each noise setting."

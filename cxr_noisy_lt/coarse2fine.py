@@ -11,20 +11,23 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fastcore.basics import ifnone
+from fastcore.basics import ifnone, GetAttr
 from fastai.callback.core import Callback
 import fastai.callback.schedule  # fit_one_cycle
 from fastai.vision.augment import AffineCoordTfm
 from fasttransform import Pipeline
+from fastai.callback.hook import num_features_model
+from fastai.torch_core import trainable_params
 from .labels import label_space
+from .data import dataset_frame, mixin_class, ItemIndexMixin
 from .learner import MaskedBCEWithLogits, param_device, ModelStateCallback, strip_train_state, pack_tensors, unpack_tensors
 
 # %% auto #0
 __all__ = ['BOX_COLS', 'OBJECTIVES', 'CONTROLS', 'gaussian_kl', 'reparameterize', 'beta_schedule', 'check_boxes', 'cell_coverage',
            'box_maps', 'gaze_maps', 'Annotations', 'CVOut', 'annotation_pool', 'annotated_features', 'is_norm',
-           'norm_only', 'split_point', 'lower_modules', 'lower_parameters', 'ScaledLinear', 'CVDistillNet',
-           'default_beta_max', 'cv_objective', 'SubsetDataset', 'CoarseStageCallback', 'FineStageCallback',
-           'fit_coarse_to_fine', 'register_phantom', 'phantom_annotations']
+           'norm_only', 'split_point', 'lower_modules', 'lower_parameters', 'ScaledLinear', 'BodyHead', 'CVDistillNet',
+           'default_beta_max', 'cv_objective', 'SubsetDataset', 'ItemSubset', 'CoarseStageCallback',
+           'FineStageCallback', 'fit_coarse_to_fine', 'register_phantom', 'phantom_annotations']
 
 # %% ../nbs/13_coarse2fine.ipynb #c43d6662
 def gaussian_kl(mu_q:torch.Tensor, logvar_q:torch.Tensor, mu_p:torch.Tensor, logvar_p:torch.Tensor) -> torch.Tensor:
@@ -108,14 +111,14 @@ def gaze_maps(gaze_index, gaze, res:int=32, source:str="column 'gaze'") -> np.nd
 
 # %% ../nbs/13_coarse2fine.ipynb #b50f2b6e
 class Annotations:
-    "Object-level annotations: lesion `boxes` (image, label, x0, y0, x1, y1 in [0, 1]) and/or `gaze` heat maps [G, h, w], as maps on a `res` x `res` grid."
-    def __init__(self, boxes:pd.DataFrame=None, gaze=None, res:int=32, classes=None, binary:bool=False):
+    "Object-level annotations: lesion `boxes` (image, label, x0, y0, x1, y1 in [0, 1]) and/or `gaze` heat maps [G, h, w], as maps on a `res` x `res` grid; `key` is the labels frame's column that names an image as `boxes['image']` does."
+    def __init__(self, boxes:pd.DataFrame=None, gaze=None, res:int=32, classes=None, binary:bool=False, key:str='image'):
         if boxes is None and gaze is None: raise ValueError("Annotations: pass boxes, gaze maps or both")
         if not isinstance(res, (int, np.integer)) or res < 1: raise ValueError(f"res={res!r}: expected a positive integer")
         self.boxes = None if boxes is None else check_boxes(boxes)
         self.gaze = gaze
         if gaze is not None and np.ndim(gaze) != 3: raise ValueError(f"gaze maps: expected an array [G, h, w], got shape {np.shape(gaze)}")
-        self.res, self.binary = int(res), binary
+        self.res, self.binary, self.key = int(res), binary, key
         self.classes = None if classes is None else label_space(classes)
 
     @classmethod
@@ -128,13 +131,16 @@ class Annotations:
         return (0 if self.boxes is None else 1 if self.classes is None else len(self.classes)) + (self.gaze is not None)
 
     def _col(self, frame, c, what):
-        if c not in frame.columns: raise KeyError(f"labels frame: no {c!r} column, needed to find each image's {what}")
+        if c not in frame.columns:
+            fix = (f"; name the column whose values are boxes['image'], e.g. Annotations(boxes, key='Image Index')"
+                   if what == 'boxes' else '')
+            raise KeyError(f"labels frame: no {c!r} column, needed to find each image's {what}{fix}")
         return frame[c].to_numpy()
 
     def available(self, frame:pd.DataFrame) -> np.ndarray:
         "Boolean [len(frame)]: rows with at least one box or a gaze map."
         has = np.zeros(len(frame), bool)
-        if self.boxes is not None: has |= np.isin(self._col(frame, 'image', 'boxes'), self.boxes['image'].to_numpy())
+        if self.boxes is not None: has |= np.isin(self._col(frame, self.key, 'boxes'), self.boxes['image'].to_numpy())
         if self.gaze is not None: has |= self._col(frame, 'gaze', 'gaze map') >= 0
         return has
 
@@ -142,7 +148,7 @@ class Annotations:
         "Float tensor [len(frame), n_channels, res, res]: box channel(s), then gaze."
         parts = []
         if self.boxes is not None:
-            parts.append(box_maps(self.boxes, self._col(frame, 'image', 'boxes'), self.res, self.classes, self.binary))
+            parts.append(box_maps(self.boxes, self._col(frame, self.key, 'boxes'), self.res, self.classes, self.binary))
         if self.gaze is not None: parts.append(gaze_maps(self._col(frame, 'gaze', 'gaze map'), self.gaze, self.res))
         return torch.from_numpy(np.concatenate(parts, 1))
 
@@ -244,11 +250,33 @@ def _stage1_copy(model:nn.Module) -> nn.Module:
     strip_train_state(m)                    # the copy is not the learner's model: it carries no checkpoint state
     return m.requires_grad_(False).eval()
 
+class BodyHead(nn.Module):
+    "timm's interface (`forward_features`, `forward_head`, `get_classifier`, `num_features`, `feature_info`) on a fastai `vision_learner` model: `nn.Sequential(body, head)`, the head ending with the classifier `nn.Linear`."
+    def __init__(self, model:nn.Sequential):
+        super().__init__()
+        if not (isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[1], nn.Sequential)
+                and isinstance(model[1][-1], nn.Linear)):
+            raise TypeError(f"CVDistillNet needs a timm model (with forward_features and forward_head) or a fastai "
+                            f"vision_learner model (body, head ending with an nn.Linear); got {type(model).__name__}")
+        self.body, self.head = model[0], model[1]
+        inner = getattr(self.body, 'model', None)                   # fastai's TimmBody keeps the timm model here
+        self.num_features = int(getattr(inner, 'num_features', 0) or num_features_model(self.body))
+        self.num_classes = self.head[-1].out_features
+        fi = getattr(inner, 'feature_info', None)
+        self.feature_info = [dict(d, module=f"body.model.{d['module']}") for d in fi] if fi else None
+    def forward_features(self, x): return self.body(x)
+    def forward_head(self, x, pre_logits:bool=False):
+        h = self.head[:-1](x)
+        return h if pre_logits else self.head[-1](h)
+    def get_classifier(self) -> nn.Linear: return self.head[-1]
+    def forward(self, x): return self.forward_head(self.forward_features(x))
+
 class CVDistillNet(nn.Module):
     "Conditional-variational distillation on top of a trained timm `model`: prior p(z|x), posterior q(z|x,a), shared decoder; predicts d(mu_p)."
     def __init__(self, model:nn.Module, n_annot:int=1, split='auto', latent:int=None, init_logvar:float=-4.,
                  logvar_range=(-10., 5.), q_base:str='global', gain_p:float=1., gain_q:float=8., keep_stage1:bool=True):
         super().__init__()
+        if isinstance(model, nn.Sequential) and not hasattr(model, 'forward_features'): model = BodyHead(model)
         for a in ('forward_features', 'forward_head'):
             if not hasattr(model, a):
                 raise TypeError(f"CVDistillNet needs a timm model (with forward_features and forward_head); got {type(model).__name__}")
@@ -257,13 +285,16 @@ class CVDistillNet(nn.Module):
         self.split = split_point(model, split)
         self.lower = lower_modules(model, self.split)
         self.lower_params = lower_parameters(model, self.split)
-        nf = model.num_features
+        nd = model.num_features                                        # channels of the feature map
         clf = model.get_classifier()
+        nf = clf.in_features if isinstance(clf, nn.Linear) else nd      # size of the pooled (pre-logits) features
         n_out = clf.out_features if isinstance(clf, nn.Linear) else model.num_classes
+        if q_base == 'annotated' and nd != nf:
+            raise ValueError(f"q_base='annotated' needs pooled features of the feature map's size, here {nf} and {nd}; use q_base='global'")
         self.latent = ifnone(latent, nf)
         self.residual = self.latent == nf
         self.prior = ScaledLinear(nf, 2 * self.latent, gain=gain_p)
-        self.posterior = ScaledLinear(nf + self.n_annot * (nf + 1), 2 * self.latent, gain=gain_q)
+        self.posterior = ScaledLinear(nf + self.n_annot * (nd + 1), 2 * self.latent, gain=gain_q)
         self.decoder = nn.Linear(self.latent, n_out)
         D = self.latent
         with torch.no_grad():
@@ -271,7 +302,9 @@ class CVDistillNet(nn.Module):
                 if self.residual: lin.weight.zero_(); lin.bias.zero_()
                 lin.weight[D:].zero_(); lin.bias[D:].fill_(init_logvar)
             if self.residual and isinstance(clf, nn.Linear):
-                self.decoder.weight.copy_(clf.weight); self.decoder.bias.copy_(clf.bias)
+                self.decoder.weight.copy_(clf.weight)
+                if clf.bias is not None: self.decoder.bias.copy_(clf.bias)
+                else: self.decoder.bias.zero_()        # fastai's head: the last linear layer has no bias
         # the stage-1 network as it is now, outside the module tree (no optimiser; in the state dict as the extra state)
         object.__setattr__(self, '_stage1', _stage1_copy(model) if keep_stage1 else None)
         p = next(model.parameters(), None)
@@ -374,9 +407,21 @@ def cv_objective(out:CVOut, yb, beta:float, objective:str='cvi', loss_func=None)
     return loss, dict(loss_p=loss_p.item(), loss_q=loss_q.item(), kl=kl.item())
 
 # %% ../nbs/13_coarse2fine.ipynb #df560896
+class _SplitAround:
+    "The learner's own splitter (e.g. `vision_learner`'s body / head) on the network a `CVDistillNet` wraps, the distillation heads in the last group: as many parameter groups as before, so that a schedule set before the fit still fits."
+    def __init__(self, splitter): self.splitter = splitter
+    def __call__(self, net):
+        inner = net.model
+        groups = [list(g) for g in self.splitter(nn.Sequential(inner.body, inner.head) if isinstance(inner, BodyHead) else inner)]
+        groups[-1] += [p for n, p in net.named_parameters() if not n.startswith('model.')]
+        return groups
+
 def _new_opt(learn):
     "A new optimiser over the trainable parameters of `learn.model`, with the hyper-parameters of the current one."
     old = learn.opt
+    try: learn.splitter(learn.model)
+    except (TypeError, IndexError, AttributeError):     # a splitter made for the plain network
+        learn.splitter = _SplitAround(learn.splitter) if isinstance(learn.model, CVDistillNet) else trainable_params
     learn.create_opt()
     if old is not None:
         for k, v in old.hypers[-1].items(): learn.opt.set_hyper(k, float(v) if isinstance(v, (np.floating, np.integer)) else v)
@@ -394,6 +439,13 @@ class SubsetDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         x, y, j = self.get_batch([i])
         return x[0], y[0], j[0]
+
+class ItemSubset(GetAttr):
+    "Items `pos` of a map-style dataset `ds` as items 0..len(pos)-1; everything else (fastai's `split_idx`, `decode`, ...) is `ds`'s."
+    _default = 'ds'
+    def __init__(self, ds, pos): self.ds, self.pos = ds, np.asarray(pos, dtype=np.int64)
+    def __len__(self): return len(self.pos)
+    def __getitem__(self, i): return self.ds[int(self.pos[i])]
 
 class CoarseStageCallback(Callback):
     "Stage 1: train the whole (plain) network on the global labels, with `loss_func` if given (restored after the fit)."
@@ -451,7 +503,7 @@ class FineStageCallback(ModelStateCallback):
     def select(self, ds) -> tuple:
         "(positions in `ds` of the stage-2 subset, their maps [n, K, r, r]; zeros with control='empty')."
         ann, n = self.annotations, len(ds)
-        if isinstance(ann, Annotations): has, full = ann.available(ds.frame), None
+        if isinstance(ann, Annotations): has, full = ann.available(dataset_frame(ds, 'FineStageCallback')), None
         else:
             full = torch.as_tensor(np.asarray(ann), dtype=torch.float32)
             if full.ndim != 4 or len(full) != n:
@@ -464,20 +516,22 @@ class FineStageCallback(ModelStateCallback):
         else:
             cand = np.flatnonzero(has)
             if len(cand) == 0:
-                raise ValueError(f"FineStageCallback: none of the {n} training images has an annotation (a box or a gaze map)")
+                hint = (f"; check that boxes['image'] holds values of the labels frame's column {ann.key!r} (Annotations(key=...))"
+                        if isinstance(ann, Annotations) and ann.boxes is not None else '')
+                raise ValueError(f"FineStageCallback: none of the {n} training images has an annotation (a box or a gaze map){hint}")
             k = len(cand) if self.frac is None else min(len(cand), max(1, int(round(self.frac * n))))
             pos = np.sort(np.random.default_rng(self.seed).choice(cand, k, replace=False))
-        maps = ann.maps(ds.frame.iloc[pos]) if full is None else full[pos]
+        maps = ann.maps(dataset_frame(ds).iloc[pos]) if full is None else full[pos]
         if self.control == 'empty': maps = torch.zeros_like(maps)
         return pos, maps
 
     def _subset_dl(self, dl, pos):
-        if not hasattr(dl.dataset, 'get_batch'):
-            raise TypeError("FineStageCallback needs DataLoaders from cxr_dls (datasets with get_batch and frame)")
+        "A loader over the items `pos` of `dl`'s dataset whose batches end with their position in the subset."
         tfms = [t for t in dl.after_batch.fs if self.geometric_aug or not isinstance(t, AffineCoordTfm)]
         bs = min(ifnone(self.bs, dl.bs), len(pos))
-        return dl.new(SubsetDataset(dl.dataset, pos), bs=bs, shuffle=True, drop_last=len(pos) > bs,
-                      after_batch=Pipeline(tfms, split_idx=0))
+        kw = dict(bs=bs, shuffle=True, drop_last=len(pos) > bs, after_batch=Pipeline(tfms, split_idx=0))
+        if hasattr(dl.dataset, 'get_batch'): return dl.new(SubsetDataset(dl.dataset, pos), **kw)     # cxr_dls
+        return dl.new(ItemSubset(dl.dataset, pos), cls=mixin_class(ItemIndexMixin, type(dl), 'Indexed'), **kw)
 
     def attach(self) -> CVDistillNet:
         "Select the subset and its maps, wrap `learn.model` in a `CVDistillNet` (once) and freeze its lower part, with a new optimiser for the rest."
@@ -512,8 +566,9 @@ class FineStageCallback(ModelStateCallback):
     def before_batch(self):
         if not self.training: return
         if len(self.learn.yb) < 2:
-            raise ValueError("FineStageCallback needs batches (image, target, idx) with dls.n_inp == 1 (use cxr_dls)")
-        idx = self.learn.yb[1]
+            raise ValueError("FineStageCallback: the stage-2 batches must end with the item's position in the subset, "
+                             f"got {len(self.learn.yb)} target element(s); the training loader was replaced during the fit")
+        idx = self.learn.yb[-1]
         x = self.learn.xb[0]
         self.learn.xb = (x, self.maps[idx.to(self.maps.device)].to(x.device))
         self.beta = beta_schedule(self.learn.pct_train, self.beta_peak, self.schedule, self.n_cycles, self.ratio)
@@ -581,11 +636,13 @@ def phantom_annotations(dls_or_frame, size:int=None, seed:int=0, **kwargs) -> An
     if ph is not None: return Annotations.from_phantom(ph, **kwargs)
     frame = getattr(dls_or_frame, 'frame', dls_or_frame)
     if not isinstance(frame, pd.DataFrame):
-        raise TypeError("phantom_annotations: pass a labels frame or DataLoaders made by cxr_dls (with .frame)")
+        raise TypeError("phantom_annotations: pass a labels frame or DataLoaders made by cxr_dls (with .frame); for other "
+                        "data pass the annotations: fit_coarse_to_fine(learn, annotations=Annotations(boxes, key='Image Index'))")
     missing = [c for c in ('image', 'nih_image', 'gaze') if c not in frame.columns]
     if missing:
         raise ValueError(f"phantom_annotations: the labels frame has no {missing} column(s): it is not a phantom's frame; "
-                         f"pass annotations= explicitly (an Annotations of boxes and/or gaze maps)")
+                         f"pass the annotations: fit_coarse_to_fine(learn, annotations=Annotations(boxes, key='Image Index')), "
+                         f"boxes a frame with columns {list(BOX_COLS)}, coordinates in [0, 1]")
     for ph in _PHANTOMS:
         if _phantom_matches(ph, frame): return Annotations.from_phantom(ph, **kwargs)
     from cxr_noisy_lt.phantom import make_phantom

@@ -4,8 +4,9 @@
 
 # %% ../nbs/03_data.ipynb #3b29bf80
 from __future__ import annotations
-import random
+import random, sys
 from functools import partial
+from types import MethodType
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,9 +16,9 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from fastcore.basics import ifnone
 from fastai.data.load import DataLoader
-from fastai.data.core import DataLoaders
+from fastai.data.core import DataLoaders, Datasets, TfmdDL
 from fastai.torch_core import TensorImage, default_device
-from fasttransform import Pipeline
+from fasttransform import Pipeline, ItemTransform
 from fastai.data.transforms import Normalize
 from fastai.vision.augment import (AffineCoordTfm, Rotate, Zoom, Flip, Brightness, Contrast, setup_aug_tfms,
                                    affine_mat)
@@ -25,7 +26,9 @@ from .labels import label_space, check_labels, clean_col, LabelSpace, NIH14
 
 # %% auto #0
 __all__ = ['SPLITS', 'toy_cxr', 'patient_split', 'check_patient_splits', 'read_image', 'CXRDataset', 'translate_mat',
-           'cxr_aug_transforms', 'CXRDataLoader', 'cxr_dls', 'test_dl']
+           'cxr_aug_transforms', 'CXRDataLoader', 'cxr_dls', 'test_dl', 'ItemIndexMixin', 'TakeIndex', 'mixin_class',
+           'base_loader', 'carries_item_index', 'with_item_index', 'attach_item_index', 'detach_item_index',
+           'batch_index', 'dataset_targets', 'dataset_frame']
 
 # %% ../nbs/03_data.ipynb #507efeea
 def _toy_shape(img, k, cx, cy, r):
@@ -229,7 +232,7 @@ def cxr_aug_transforms(max_rotate=10., max_shift=0.05, min_scale=0.9, max_scale=
 # %% ../nbs/03_data.ipynb #882def78
 class CXRDataLoader(DataLoader):
     "A fastai `DataLoader` over a `CXRDataset` that builds each batch in one call to `dataset.get_batch`."
-    n_inp = 1
+    n_inp, item_index = 1, True        # batches (image, target, idx)
     def create_item(self, s): return s
     def create_batch(self, b): return self.dataset.get_batch(b)
     def retain(self, res, b): return res
@@ -307,3 +310,169 @@ def test_dl(dls:DataLoaders, frame:pd.DataFrame=None, split:str='test', label_co
     return v.new(ds, bs=ifnone(bs, v.bs), shuffle=False, drop_last=False)
 
 test_dl.__test__ = False   # not a pytest test, despite its name
+
+# %% ../nbs/03_data.ipynb #d175ed6e
+class ItemIndexMixin:
+    "Mixin for a fastai `DataLoader` class: each item gets its position in the dataset appended, so every batch ends with `idx`."
+    item_index = True
+    def create_item(self, s):
+        item = super().create_item(s)
+        i = 0 if s is None else int(s)
+        return (*item, i) if isinstance(item, tuple) else (item, i)
+
+    def _decode_batch(self, b, max_n:int=9, full:bool=True):
+        "fastai's decoding (for `show_batch`, `show_results`) of the batch without its `idx`."
+        t = getattr(self, '_types', None)
+        v = next(iter(t.values())) if isinstance(t, dict) and len(t) == 1 else None
+        if _index_taker(self) is None and isinstance(v, list) and isinstance(b, (tuple, list)) and len(b) == len(v): b = b[:-1]
+        return super()._decode_batch(b, max_n, full)
+
+class TakeIndex(ItemTransform):
+    "Last batch transform of the loader `attach_item_index` swaps in: keeps the batch's `idx` (as `.idx`) and takes it off the batch."
+    order = 10_000
+    def __init__(self):
+        super().__init__()
+        self.idx = None
+    def encodes(self, b):
+        self.idx = b[-1]
+        return b[:-1]
+
+class _Then:
+    "`f`, then `g`: a loader's own `after_batch` function followed by `TakeIndex`."
+    def __init__(self, f, g): self.f, self.g = f, g
+    def __call__(self, b): return self.g(self.f(b))
+
+_MIXED = {}
+def mixin_class(mixin:type, base:type, prefix:str=None) -> type:
+    "The `DataLoader` class `base` with `mixin` first (`base` itself if it has it): one class per pair, named in the mixin's module, where worker processes that unpickle a loader look for it."
+    if issubclass(base, mixin): return base
+    if (mixin, base) not in _MIXED:
+        name = f"{ifnone(prefix, mixin.__name__)}{base.__name__}"
+        cls = type(name, (mixin, base), {'__module__': mixin.__module__, '__doc__': f"`{base.__name__}` with `{mixin.__name__}`."})
+        cls.__qualname__ = name
+        vars(sys.modules[mixin.__module__]).setdefault(name, cls)
+        _MIXED[mixin, base] = cls
+    return _MIXED[mixin, base]
+
+def _indexed_class(base:type) -> type: return mixin_class(ItemIndexMixin, base, 'Indexed')
+_indexed_class(TfmdDL)          # `IndexedTfmdDL`, the class of a DataBlock's loaders with the index, made on import
+
+def _loaders_chain(dl):
+    "`dl`, then the loader it wraps (a `DistributedDL` keeps it as `.dl`), and so on."
+    while dl is not None:
+        yield dl
+        dl = vars(dl).get('dl') if hasattr(dl, '__dict__') else None
+
+def base_loader(dl):
+    "The loader that makes the items of `dl`: `dl` itself, or the one a `DistributedDL` wraps."
+    return list(_loaders_chain(dl))[-1]
+
+def _index_taker(dl):
+    "The `TakeIndex` of `dl` (or of the loader it wraps), if `attach_item_index` made it."
+    for d in _loaders_chain(dl):
+        f = vars(d).get('after_batch') if hasattr(d, '__dict__') else None
+        for t in list(getattr(f, 'fs', ())) + [getattr(f, 'g', None)]:
+            if isinstance(t, TakeIndex): return t
+    return None
+
+def carries_item_index(dl) -> bool:
+    "Whether the batches of `dl` (or of the loader a `DistributedDL` wraps) end with their items' indices, as those of `cxr_dls` and `with_item_index` do."
+    return _index_taker(dl) is None and any(getattr(type(d), 'item_index', False) for d in _loaders_chain(dl))
+
+class _KeepRandomState:
+    "Restores Python's, NumPy's and PyTorch's random states on exit (fastai's `DataLoader.new` may draw a batch to learn its types)."
+    def __enter__(self):
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.s = random.getstate(), np.random.get_state(), torch.get_rng_state(), torch.cuda.get_rng_state_all() if cuda else None
+    def __exit__(self, *exc):
+        random.setstate(self.s[0]); np.random.set_state(self.s[1]); torch.set_rng_state(self.s[2])
+        if self.s[3] is not None: torch.cuda.set_rng_state_all(self.s[3])
+
+def _indexed_dl(dl, take:bool=False, who:str='with_item_index'):
+    "A copy of fastai `DataLoader` `dl` (dataset, transforms, batch size, shuffling, its random generator's state) whose items end with their index; with `take`, a last batch transform (`TakeIndex`) takes it off the batch."
+    what = 'the training DataLoader' if take else 'the DataLoader'
+    if not isinstance(dl, DataLoader):
+        raise TypeError(f"{who}: {what} is a {type(dl).__module__}.{type(dl).__name__}, which cannot add each "
+                        f"item's index; use fastai DataLoaders over the same datasets: dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=64)")
+    if not dl.indexed:
+        raise TypeError(f"{who}: {what} reads an iterable dataset ({type(dl.dataset).__name__}), whose items have no "
+                        f"position; use a map-style dataset (with __getitem__ and __len__)")
+    kw = {}
+    if take:
+        f = dl.after_batch
+        kw['after_batch'] = (Pipeline(list(f.fs) + [TakeIndex()]) if isinstance(f, Pipeline) else
+                             Pipeline([TakeIndex()]) if isinstance(f, MethodType) else _Then(f, TakeIndex()))
+    with _KeepRandomState():
+        n_inp = getattr(dl, 'n_inp', None)
+        new = dl.new(cls=_indexed_class(type(dl)), **kw)
+    if n_inp is not None: new._n_inp = n_inp
+    t = getattr(dl, '_types', None)
+    if not take and isinstance(t, dict) and len(t) == 1 and isinstance(next(iter(t.values())), list):
+        (k, v), = t.items()
+        new._types = {k: v + [torch.Tensor]}
+    new.rng = random.Random()
+    new.rng.setstate(dl.rng.getstate())
+    if take: new._unindexed = dl
+    return new
+
+def with_item_index(dls:DataLoaders) -> DataLoaders:
+    "`dls` whose batches also carry each item's index in its dataset, as their last element (like `cxr_dls`'s): same datasets, transforms, splits, batch sizes and shuffling; `n_inp` unchanged."
+    if not isinstance(dls, DataLoaders):
+        raise TypeError(f"with_item_index: expected fastai DataLoaders, got a {type(dls).__name__}")
+    res = DataLoaders(*[dl if carries_item_index(dl) else _indexed_dl(dl) for dl in dls.loaders], path=dls.path)
+    for k, v in vars(dls).items():
+        if not k.startswith('_') and k not in ('loaders', 'path'): setattr(res, k, v)
+    return res
+
+def attach_item_index(learn, who:str='this method') -> bool:
+    "Make `batch_index(learn)` work in this fit: when the training batches lack the item index, swap in a loader that adds it and takes it off each batch again (until `detach_item_index`). Whether it swapped."
+    dl = learn.dls.loaders[0]
+    if carries_item_index(dl) or _index_taker(dl) is not None: return False
+    learn.dls.loaders[0] = _indexed_dl(dl, take=True, who=who)
+    return True
+
+def detach_item_index(learn):
+    "Put back the training loader `attach_item_index` swapped out, its random generator where the fit left it (also in the loaders a `DistributedTrainer` restores)."
+    for dls in [learn.dls.loaders] + [vars(cb)['old_dls'] for cb in learn.cbs if isinstance(vars(cb).get('old_dls'), list)]:
+        for k, dl in enumerate(dls):
+            orig = vars(dl).get('_unindexed') if hasattr(dl, '__dict__') else None
+            if orig is not None:
+                orig.rng = dl.rng
+                dls[k] = orig
+
+def batch_index(learn, who:str='this method') -> torch.Tensor:
+    "Positions in the training dataset of the items of the current training batch: the batch's last element when the loader puts them there, else what `attach_item_index`'s loader took off the batch."
+    dl = learn.dl
+    t = _index_taker(dl)
+    if t is not None and t.idx is not None: return t.idx
+    if carries_item_index(dl): return learn.yb[-1]
+    raise ValueError(f"{who} needs each training item's index in its dataset, and the training DataLoader ({type(dl).__name__}) "
+                     f"does not give it: wrap your DataLoaders: dls = with_item_index(dls) (from cxr_noisy_lt.data)")
+
+# %% ../nbs/03_data.ipynb #e83d7b47
+def dataset_targets(ds) -> np.ndarray:
+    "Targets [N, C] (NaN = unknown) of the items of dataset `ds`, opening no image where it can: its `targets`, `labels` or `y` array, the target pipeline of a fastai `Datasets`, else the second element of every item."
+    if isinstance(ds, Datasets) and len(ds.tls) > ds.n_inp:
+        tl = ds.tls[ds.n_inp]
+        ys = [tl[i] for i in range(len(tl))]
+    else:
+        for a in ('targets', 'labels', 'y'):
+            v = getattr(ds, a, None)
+            if v is None or callable(v): continue
+            if hasattr(v, 'detach'): v = v.detach().cpu()
+            try: arr = np.asarray(v, dtype=np.float64)
+            except (TypeError, ValueError): continue
+            if arr.ndim == 2 and len(arr) == len(ds): return arr
+        ys = [ds[i][1] for i in range(len(ds))]
+    if not ys: return np.zeros((0, 0))
+    return np.stack([np.asarray(y.detach().cpu() if hasattr(y, 'detach') else y, dtype=np.float64) for y in ys])
+
+def dataset_frame(ds, who:str='this method') -> pd.DataFrame:
+    "The rows of the DataFrame behind dataset `ds`, in the order of its items: `ds.frame` (`CXRDataset`), or the items of a fastai `Datasets` made from a DataFrame."
+    f = None if isinstance(ds, Datasets) else getattr(ds, 'frame', None)
+    if isinstance(f, pd.DataFrame): return f
+    items = getattr(ds, 'items', None)
+    if isinstance(items, pd.DataFrame): return items
+    raise TypeError(f"{who} needs the DataFrame rows behind the training items, but the training dataset holds "
+                    f"{type(items).__name__ if items is not None else type(ds).__name__} items: build the DataLoaders "
+                    f"from a DataFrame, e.g. dls = dblock.dataloaders(df)")

@@ -18,7 +18,7 @@ from sklearn.model_selection import GroupKFold
 from .labels import label_space, clean_col, check_labels
 from .noise import noise_report
 from .learner import predict_split
-from .bench import Regime, build_learner, get_method, fit_regime
+from .bench import Regime, build_learner, get_method
 from .widgets import set_output
 
 # %% auto #0
@@ -128,7 +128,7 @@ def fit_recorded(method, frame:pd.DataFrame, images, classes, regime:Regime=None
     learn = build_learner(m, frame, images, list(label_space(classes)), regime, seed, phantom)
     learn.entry_loss, learn.method = EntryLoss(), m
     learn.add_cbs([learn.entry_loss, SkipValidation()])
-    with learn.no_bar(), learn.no_logging(): (m.fit or fit_regime)(learn, regime.epochs, regime.lr)
+    with learn.no_bar(), learn.no_logging(): m.train(learn, regime.epochs, regime.lr)
     return learn
 
 def cross_fit(frame:pd.DataFrame, images, classes, regime:Regime=None, folds:int=2, method='bce', seed:int=0) -> NS:
@@ -150,7 +150,7 @@ def cross_fit(frame:pd.DataFrame, images, classes, regime:Regime=None, folds:int
         ff = frame.assign(split=split)
         learn = fit_recorded(method, ff, images, classes, regime, seed + f)
         m = learn.method
-        p, _, prow = predict_split(learn, ff, 'valid', model=m.eval_model(learn) if m.eval_model else None)
+        p, _, prow = predict_split(learn, ff, 'valid', model=m.scored_model(learn))
         probs[rows.index.get_indexer(prow.index)], fold[held] = p, f
         at = rows.index.get_indexer(learn.dls.train_ds.frame.index)
         l = learn.entry_loss.mean_loss()

@@ -132,11 +132,13 @@ def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False
     """A fastai `Learner` with a one-channel timm model `arch` (or a given `nn.Module`) and the masked BCE loss; with `train_state`,
     checkpoints that resume exactly (`TrainStateCallback`); with `channels_last`, the model in channels-last memory format (fastai's `ChannelsLast`)."""
     if getattr(dls, 'n_inp', None) != 1:
-        raise ValueError("cxr_learner needs DataLoaders with n_inp == 1 (batches of image, target, idx): use cxr_dls")
+        raise ValueError(f"cxr_learner needs DataLoaders with one input, the image (dls.n_inp == 1), got n_inp = "
+                         f"{getattr(dls, 'n_inp', None)}: use cxr_dls, or a DataBlock with n_inp=1")
     classes = getattr(dls, 'classes', None)
+    if classes is None: classes = getattr(dls, 'vocab', None)        # a DataBlock's MultiCategoryBlock
     if classes is None:
-        raise ValueError("cxr_learner needs DataLoaders that name their classes (`dls.classes`) and give batches of "
-                         "(image, target, idx): use cxr_dls")
+        raise ValueError("cxr_learner needs DataLoaders that name their classes (`dls.classes`, or the `dls.vocab` of a "
+                         "DataBlock's MultiCategoryBlock): set dls.classes = [...] or use cxr_dls")
     keep_cpu_memory()                                 # once per process; see 'Memory on a CPU'
     model = arch if isinstance(arch, nn.Module) else cxr_model(arch, len(classes), pretrained, **(model_kwargs or {}))
     n_out = n_outputs(model)

@@ -11,12 +11,12 @@ from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fasttransform import Pipeline
 from fastai.callback.core import CancelValidException
-from fastai.data.transforms import Normalize
+from fastai.data.transforms import Normalize, IntToFloatTensor
 from fastai.vision.augment import RandomErasing
 from fastai.torch_core import to_device
 import fastai.callback.schedule  # fit_one_cycle
 from .learner import ModelStateCallback, classifier_of, HeadInput, add_to_opt, param_device
-from .data import cxr_aug_transforms
+from .data import cxr_aug_transforms, attach_item_index, detach_item_index, batch_index, base_loader
 _all_ = ['classifier_of', 'HeadInput']   # defined in cxr_noisy_lt.learner, importable from here too
 
 # %% auto #0
@@ -263,12 +263,13 @@ def strong_view_tfms(max_rotate:float=15., max_shift:float=0.1, min_scale:float=
     return tfms
 
 def augmented_view(dl, idx:torch.Tensor, device=None, tfms=None):
-    "A fresh augmented copy of the items at positions `idx` of `dl`'s dataset: read again and passed through `dl`'s batch transforms, or through `tfms` and then `dl`'s normalisation."
+    "A fresh augmented copy of the items at positions `idx` of `dl`'s dataset: read again and passed through `dl`'s batch transforms, or through `tfms` with `dl`'s conversion to float and normalisation."
+    dl = base_loader(dl)                   # under distrib_ctx: the loader that makes the items
     b = dl.do_batch([dl.do_item(int(i)) for i in idx.tolist()])
     b = to_device(b, ifnone(device, getattr(dl, 'device', None)))
     if tfms is None: return dl.after_batch(b)[0]
-    norm = [t for t in dl.after_batch.fs if isinstance(t, Normalize)]
-    return Pipeline(list(tfms) + norm, split_idx=0)(b)[0]
+    keep = [t for t in dl.after_batch.fs if isinstance(t, (IntToFloatTensor, Normalize))]
+    return Pipeline(list(tfms) + keep, split_idx=0)(b)[0]
 
 CONTRASTIVE_LOSSES = ('simclr', 'supcon')
 
@@ -317,16 +318,21 @@ class ContrastiveCallback(_AuxCallback):
             raise ValueError(f"ContrastiveCallback: the model carries a projection head for {proj.dim} features, not {dim}: "
                              "remove it first with strip_aux(learn.model)")
 
+    def before_fit(self):
+        super().before_fit()
+        attach_item_index(self.learn, 'ContrastiveCallback')
+
+    def after_fit(self):
+        super().after_fit()
+        detach_item_index(self.learn)
+
     def before_validate(self):
         if not self.valid: raise CancelValidException()
 
     def before_batch(self):
         if not self.training: return
-        if len(self.learn.yb) < 2:
-            raise ValueError("ContrastiveCallback needs batches (image, target, idx) with dls.n_inp == 1, so that the second "
-                             f"view can be read by item index; got {len(self.learn.yb)} target element(s)")
         x = self.learn.xb[0]
-        x2 = augmented_view(self.learn.dl, self.learn.yb[1], device=x.device, tfms=self.view_tfms)
+        x2 = augmented_view(self.learn.dl, batch_index(self.learn, 'ContrastiveCallback'), device=x.device, tfms=self.view_tfms)
         self._n = len(x)
         self.learn.xb = (torch.cat([x, x2.to(x.dtype)]),)
         self._hook.arm()

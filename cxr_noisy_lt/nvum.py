@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fastai.torch_core import get_model
 from .learner import ModelStateCallback, remove_from_opt, TRAIN_STATE_KEY, strip_train_state, loss_name
 from .learner import item_writes, all_reduce_mean_
+from .data import attach_item_index, detach_item_index, batch_index, dataset_targets
 
 # %% auto #0
 __all__ = ['NVUM_KEY', 'nvum_prior', 'NVUMMemory', 'nvum_regularizer', 'masked_mean', 'EMATeacher', 'NVUMState', 'nvum_state',
@@ -175,17 +176,8 @@ def strip_nvum(model:nn.Module) -> NVUMState|None:
 
 # %% ../nbs/10_nvum.ipynb #bb1fdccb
 def train_labels(dls) -> np.ndarray:
-    "Training labels [N, C] of `dls.train_ds` (NaN = unknown)."
-    ds = dls.train_ds
-    for a in ('labels', 'targets', 'y'):
-        v = getattr(ds, a, None)
-        if v is None or callable(v): continue
-        if hasattr(v, 'detach'): v = v.detach().cpu()
-        try: arr = np.asarray(v, dtype=np.float64)
-        except (TypeError, ValueError): continue
-        if arr.ndim == 2 and len(arr) == len(ds): return arr
-    ys = (ds[i][1] for i in range(len(ds)))
-    return np.stack([np.asarray(y.detach().cpu() if hasattr(y, 'detach') else y, dtype=np.float64) for y in ys])
+    "Training labels [N, C] of `dls.train_ds` (NaN = unknown), read by `cxr_noisy_lt.data.dataset_targets`."
+    return dataset_targets(dls.train_ds)
 
 def _no_finding_index(dls, no_finding):
     if no_finding is None or isinstance(no_finding, int): return no_finding
@@ -254,15 +246,12 @@ class NVUMCallback(ModelStateCallback):
     def before_fit(self):
         st = self.attach()
         if st.teacher.n_updates.item() == 0: st.teacher.set(self.learn.model)   # start from the current student
+        attach_item_index(self.learn, 'NVUMCallback')
         if self.base_loss is not None: self._old_loss, self.learn.loss_func = self.learn.loss_func, self.base_loss
 
     def after_pred(self):
         if not self.training: return
-        yb = self.learn.yb
-        if len(yb) < 2:
-            raise ValueError("NVUMCallback needs batches (image, target, idx) with dls.n_inp == 1, so that "
-                             f"learn.yb == (target, idx); got {len(yb)} target element(s)")
-        idx, st = yb[1], nvum_state(self.learn.model)
+        idx, st = batch_index(self.learn, 'NVUMCallback'), nvum_state(self.learn.model)
         with torch.no_grad(): zt = st.teacher(*self.learn.xb)
         if zt.shape[-1] != st.memory.n_classes:
             raise ValueError(f"NVUMCallback: the model has {zt.shape[-1]} outputs but the prior has {st.memory.n_classes} classes")
@@ -293,4 +282,5 @@ class NVUMCallback(ModelStateCallback):
 
     def after_fit(self):
         self.after_validate()
+        detach_item_index(self.learn)
         if self._old_loss is not None: self.learn.loss_func, self._old_loss = self._old_loss, None

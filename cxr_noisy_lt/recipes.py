@@ -9,12 +9,12 @@ import torch
 from fastcore.basics import ifnone
 import fastai.callback.schedule  # fit_one_cycle
 from .learner import cxr_learner
-from .bench import Method, fit_regime
+from .methods import Method, fit_regime, register_method
 
 # %% auto #0
 __all__ = ['NVUM_PAPER_STEPS', 'C2F_FRAC', 'ema_decay_for', 'check_hyperparameters', 'bce', 'nvum', 'nvum_ral', 'ral', 'asl',
            'focal', 'attmix', 'attmix_attention', 'simclr_attmix', 'contrast_attmix', 'c2f_epochs', 'coarse2fine',
-           'coarse2fine_empty', 'coarse2fine_joint', 'twostage_epochs', 'twostage', 'twostage_1view']
+           'coarse2fine_empty', 'coarse2fine_joint', 'twostage_epochs', 'twostage', 'twostage_1view', 'twostage_2view']
 
 # %% ../nbs/31_recipes.ipynb #caeeca84
 NVUM_PAPER_STEPS = 5408     # NVUM's NIH setting: 86,524 training images at batch 16
@@ -36,6 +36,7 @@ def check_hyperparameters(target, hp:dict, method:str) -> dict:
     if bad: raise TypeError(f"{target.__name__} has no hyperparameter {bad[0]!r} (method {method!r}); it takes {[k for k in params if k != 'self']}")
     return hp
 
+@register_method
 def bce(**kw) -> Method:
     "The baseline: masked binary cross-entropy."
     return Method('bce', lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, **k),
@@ -51,11 +52,13 @@ def _nvum_learner(base_loss=None, **hp):
         return cxr_learner(dls, arch=arch, cbs=cb, **k)
     return make
 
+@register_method
 def nvum(**hp) -> Method:
     "NVUM (Liu et al. 2022) at its defaults, the EMA decay converted to the regime; the EMA teacher is scored."
     return Method('nvum', _nvum_learner(**hp), eval_model=lambda learn: learn.nvum.teacher,
                   description='NVUM (Liu et al. 2022), EMA teacher scored')
 
+@register_method('nvum+ral')
 def nvum_ral(**hp) -> Method:
     "NVUM with the Robust Asymmetric Loss as its base loss."
     from cxr_noisy_lt.ral import RobustAsymmetricLoss
@@ -67,18 +70,21 @@ def _loss_method(name, loss, description):
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, loss_func=loss(), **k),
                   description=description)
 
+@register_method
 def ral(**hp) -> Method:
     "The Robust Asymmetric Loss (Park et al. 2023) at its defaults, averaged over labelled entries."
     from cxr_noisy_lt.ral import RobustAsymmetricLoss
     check_hyperparameters(RobustAsymmetricLoss, hp, 'ral')
     return _loss_method('ral', lambda: RobustAsymmetricLoss(reduction='mean', **hp), 'Robust Asymmetric Loss (Park et al. 2023)')
 
+@register_method
 def asl(**hp) -> Method:
     "The Asymmetric Loss baseline."
     from cxr_noisy_lt.ral import AsymmetricLoss
     check_hyperparameters(AsymmetricLoss, hp, 'asl')
     return _loss_method('asl', lambda: AsymmetricLoss(reduction='mean', **hp), 'Asymmetric Loss (gamma_neg=4, gamma_pos=1, clip=0.05)')
 
+@register_method
 def focal(**hp) -> Method:
     "The focal loss baseline."
     from cxr_noisy_lt.ral import FocalLossMultiLabel
@@ -92,14 +98,17 @@ def _attmix(name, description, **hp):
     make = lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, cbs=AttentionMixupCallback(**hp), **k)
     return Method(name, make, controls=('attmix',) if name == 'attmix-attention' else (), description=description)
 
+@register_method
 def attmix(**hp) -> Method:
     "Intra-group attention mixup (Jiang et al.): g=2, loss 1.5 mixed + 0.5 plain, each member's own labels (weight 1/g)."
     return _attmix('attmix', 'intra-group attention mixup, g=2, labels of each member (1/g)', **hp)
 
+@register_method('attmix-attention')
 def attmix_attention(**hp) -> Method:
     "Attention mixup with the targets mixed by the attention weights (the option the mixup notebook discusses)."
     return _attmix('attmix-attention', 'attention mixup, targets mixed by the attention weights', **{'label_mix': 'attention', **hp})
 
+@register_method('simclr+attmix')
 def simclr_attmix(**hp) -> Method:
     "NT-Xent pre-training for a quarter of the epochs, then attention mixup."
     from cxr_noisy_lt.mixup import AttentionMixupCallback, contrastive_pretrain
@@ -111,6 +120,7 @@ def simclr_attmix(**hp) -> Method:
     make = lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, cbs=AttentionMixupCallback(**hp), **k)
     return Method('simclr+attmix', make, fit=fit, description='NT-Xent pre-training (1/4 of the epochs), then attention mixup')
 
+@register_method('contrast+attmix')
 def contrast_attmix(**hp) -> Method:
     "Contrastive learning joined to supervised training: NT-Xent on a strongly augmented second view plus attention mixup."
     from cxr_noisy_lt.mixup import joint_contrastive_attmix_learner
@@ -143,14 +153,17 @@ def _coarse2fine(name, description, **hp):
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, **k), fit=fit,
                   stages=('stage1',), controls=controls, description=description)
 
+@register_method
 def coarse2fine(**hp) -> Method:
     "Coarse-to-fine (van Sonsbeek et al. 2023): stage 1 on all images, stage 2 by conditional variational inference on the 10% with boxes and gaze."
     return _coarse2fine('coarse2fine', 'coarse-to-fine: stage 2 (CVI) on 10% of the images with boxes and gaze', **hp)
 
+@register_method('coarse2fine-empty')
 def coarse2fine_empty(**hp) -> Method:
     "The control of coarse-to-fine: the same stage 2 on the same images with every annotation map empty."
     return _coarse2fine('coarse2fine-empty', 'coarse-to-fine control: stage 2 with empty annotation maps', **{'control': 'empty', **hp})
 
+@register_method('coarse2fine-joint')
 def coarse2fine_joint(**hp) -> Method:
     "Coarse-to-fine with the joint objective (BCE on the prior's samples too)."
     return _coarse2fine('coarse2fine-joint', 'coarse-to-fine, joint objective (prior and posterior decoded)', **{'objective': 'joint', **hp})
@@ -161,7 +174,7 @@ def twostage_epochs(epochs:int, stage1:float=0.75) -> tuple:
     from cxr_noisy_lt.twostage import split_epochs
     return split_epochs(epochs, stage1)
 
-def _twostage(name, description, views=2, weight=None, sampler='rarest', **hp):
+def _twostage(name, description, views=1, weight=None, sampler='rarest', **hp):
     from cxr_noisy_lt.twostage import MetricLearningCallback, RebalanceStage
     check_hyperparameters(MetricLearningCallback, hp, name)
     def fit(learn, epochs, lr):
@@ -170,12 +183,19 @@ def _twostage(name, description, views=2, weight=None, sampler='rarest', **hp):
         _stage(learn, 'stage2'); learn.fit_one_cycle(s2, 5 * lr, cbs=RebalanceStage(sampler))
         learn.twostage_model = learn.model
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, **k), fit=fit,
-                  stages=('stage1',), controls=('twostage',) if name == 'twostage-1view' else (), description=description)
+                  stages=('stage1',), controls=('twostage',) if name == 'twostage-2view' else (), description=description)
 
+@register_method
 def twostage(**hp) -> Method:
-    "Two-stage (Zeng et al. 2022): BCE + multi-label SupCon on two views, then classifier re-training with rarest-class sampling."
-    return _twostage('twostage', 'two-stage: BCE + SupCon (two views), then rarest-class re-training', **hp)
+    "Two-stage (Zeng et al. 2022): BCE + multi-label SupCon on the batch (one view), then classifier re-training with rarest-class sampling."
+    return _twostage('twostage', 'two-stage: BCE + SupCon (one view), then rarest-class re-training', **hp)
 
+@register_method('twostage-1view')
 def twostage_1view(**hp) -> Method:
     "Two-stage with the metric loss on the batch alone (one view)."
-    return _twostage('twostage-1view', 'two-stage with one-view SupCon', **{'views': 1, **hp})
+    return _twostage('twostage-1view', 'two-stage with one-view SupCon (the default, by name)', **{'views': 1, **hp})
+
+@register_method('twostage-2view')
+def twostage_2view(**hp) -> Method:
+    "Two-stage with a second augmented view of every image in the metric loss (every anchor has a positive)."
+    return _twostage('twostage-2view', 'two-stage with two-view SupCon', **{'views': 2, **hp})

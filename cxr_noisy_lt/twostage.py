@@ -14,7 +14,9 @@ from fastcore.basics import ifnone
 from fastcore.foundation import L
 from fastai.callback.core import Callback
 import fastai.callback.schedule  # fit_one_cycle
-from .data import CXRDataLoader
+from fastai.data.core import TfmdDL
+from .data import (CXRDataLoader, attach_item_index, detach_item_index, batch_index, dataset_targets,
+                               mixin_class)
 from .learner import (MaskedBCEWithLogits, ModelStateCallback, classifier_of, feature_size, HeadInput, add_to_opt,
                                   param_device, resumed_epoch)
 from .labels import group_classes
@@ -25,8 +27,8 @@ __all__ = ['HEAD_KEY', 'METRIC_LOSSES', 'SAMPLERS', 'label_overlap', 'pair_masks
            'batch_hard', 'semihard_negatives', 'multilabel_triplet_loss', 'multilabel_supcon_loss',
            'anchor_positive_counts', 'anchor_positive_share', 'train_targets', 'tail_classes', 'get_classifier',
            'ProjectionHead', 'MetricLearningCallback', 'remove_head', 'sample_weights', 'pos_weights',
-           'WeightedCXRDataLoader', 'balanced_dl', 'tau_normalize_weight', 'tau_normalized', 'RebalanceStage',
-           'fit_stage2', 'fit_two_stage', 'split_epochs']
+           'WeightedSampling', 'WeightedCXRDataLoader', 'balanced_dl', 'tau_normalize_weight', 'tau_normalized',
+           'RebalanceStage', 'fit_stage2', 'fit_two_stage', 'split_epochs']
 
 # %% ../nbs/14_twostage.ipynb #91199f44
 def _none_column(y:torch.Tensor) -> torch.Tensor:
@@ -142,12 +144,8 @@ def anchor_positive_share(target, classes_mask=None, views:int=1) -> torch.Tenso
     return s if classes_mask is None else s[torch.as_tensor(classes_mask)]
 
 def train_targets(dl) -> np.ndarray:
-    "Labels [N, C] (NaN = unknown) of the dataset of `dl` (its `targets`, else item by item)."
-    ds = dl.dataset
-    t = getattr(ds, 'targets', None)
-    if t is not None and not callable(t):
-        return np.asarray(t.detach().cpu() if hasattr(t, 'detach') else t, dtype=np.float64)
-    return np.stack([np.asarray(ds[i][1], dtype=np.float64) for i in range(len(ds))])
+    "Labels [N, C] (NaN = unknown) of the dataset of `dl`, read by `cxr_noisy_lt.data.dataset_targets` (no image opened where it can)."
+    return dataset_targets(dl.dataset)
 
 def tail_classes(labels, tail:float=0.02) -> np.ndarray:
     "Indices of the classes with fewer than `tail` * N positives in `labels` [N, C]: the tail of `labels.group_classes`."
@@ -165,12 +163,13 @@ def get_classifier(model:nn.Module, classifier=None) -> nn.Module:
 
 # not `mixup.ProjectionHead`: this one takes (n_in, dim, hidden), may be linear (hidden=0) and L2-normalises its output
 class ProjectionHead(nn.Module):
-    "Linear-ReLU-Linear (or one Linear if `hidden=0`) to `dim`, then L2 normalisation."
+    "Linear-ReLU-Linear (or one Linear if `hidden=0`) to `dim`, then L2 normalisation: `embed(h)`. Identity forward, so that a model that runs its children in turn (the `nn.Sequential` of fastai's `vision_learner`) is unchanged by carrying it."
     def __init__(self, n_in:int, dim:int=128, hidden:int=None):
         super().__init__()
         hidden = ifnone(hidden, n_in)
         self.net = nn.Linear(n_in, dim) if not hidden else nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-    def forward(self, h): return F.normalize(self.net(h.flatten(1)), dim=1)
+    def embed(self, h): return F.normalize(self.net(h.flatten(1)), dim=1)
+    def forward(self, x): return x
 
 METRIC_LOSSES = {'supcon': multilabel_supcon_loss, 'triplet': multilabel_triplet_loss}
 _DEFAULT_WEIGHT = {'supcon': 0.05, 'triplet': 0.1}
@@ -230,16 +229,14 @@ class MetricLearningCallback(ModelStateCallback):
         if self._hook is not None: self._hook.remove()
         self._hook = HeadInput(get_classifier(self.learn.model, self.classifier))
         self.tail_idx, self._counts = tail_classes(train_targets(self.learn.dls.train), self.tail), None
+        if self.views > 1: attach_item_index(self.learn, 'MetricLearningCallback')   # the other views are read by item index
 
     def before_batch(self):
         self._n = None
         if not self.training: return
         if self.views > 1:
-            if len(self.learn.yb) < 2:
-                raise ValueError("MetricLearningCallback(views>1) reads the second view by item index: it needs batches "
-                                 f"(image, target, idx) with dls.n_inp == 1, got {len(self.learn.yb)} target element(s); or use views=1")
-            x = self.learn.xb[0]
-            more = [augmented_view(self.learn.dl, self.learn.yb[1], device=x.device).to(x.dtype) for _ in range(self.views - 1)]
+            x, idx = self.learn.xb[0], batch_index(self.learn, 'MetricLearningCallback')
+            more = [augmented_view(self.learn.dl, idx, device=x.device).to(x.dtype) for _ in range(self.views - 1)]
             self._n, self.learn.xb = len(x), (torch.cat([x] + more),)
         self._hook.arm()
 
@@ -249,7 +246,7 @@ class MetricLearningCallback(ModelStateCallback):
     def after_loss(self):
         if not self.training or self._hook.feats is None: return
         y = self.learn.yb[0]
-        emb = self.head(self._hook.take())
+        emb = self.head.embed(self._hook.take())
         m = self.loss_fn(emb, y, views=self.views, **self.loss_kwargs)
         self.learn.loss_grad = self.learn.loss_grad + self.weight * m
         self.learn.loss = self.learn.loss_grad.detach().clone()
@@ -274,6 +271,7 @@ class MetricLearningCallback(ModelStateCallback):
     def after_fit(self):
         if self._hook is not None: self._hook.remove()
         self._hook = None
+        detach_item_index(self.learn)
 
 def remove_head(model:nn.Module) -> nn.Module|None:
     "Remove the projection head from `model` (returns it), e.g. to load the weights into a plain model."
@@ -320,17 +318,18 @@ def pos_weights(labels, weights=None, power:float=1.0) -> np.ndarray:
     return np.where(pos > 0, (neg / np.where(pos > 0, pos, 1)) ** power, 1.0)
 
 # %% ../nbs/14_twostage.ipynb #d30bdfcb
-class WeightedCXRDataLoader(CXRDataLoader):
-    "A `CXRDataLoader` that draws `n` items per epoch with replacement, with probability proportional to `weights`."
+class WeightedSampling:
+    "Mixin for a fastai `DataLoader` class: each epoch draws `n` items with replacement, with probability proportional to `weights`, from a generator seeded by the loader's `rng`."
     def __init__(self, dataset=None, weights=None, seed:int=None, **kwargs):
         kwargs.setdefault('shuffle', True)
         super().__init__(dataset, **kwargs)
-        if weights is None: raise ValueError("WeightedCXRDataLoader needs `weights`, one per item")
+        name = type(self).__name__
+        if weights is None: raise ValueError(f"{name} needs `weights`, one per item")
         w = np.asarray(weights, dtype=np.float64)
         if w.shape != (len(dataset),):
-            raise ValueError(f"WeightedCXRDataLoader: {w.size} weights for a dataset of {len(dataset)} items")
+            raise ValueError(f"{name}: {w.size} weights for a dataset of {len(dataset)} items")
         if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
-            raise ValueError("WeightedCXRDataLoader: weights must be finite, non-negative and not all zero")
+            raise ValueError(f"{name}: weights must be finite, non-negative and not all zero")
         self.weights = w / w.sum()
         if seed is not None: self.rng = random.Random(seed)
 
@@ -343,12 +342,18 @@ class WeightedCXRDataLoader(CXRDataLoader):
         if dataset is None or dataset is self.dataset: kwargs.setdefault('weights', self.weights)
         return super().new(dataset, cls, **kwargs)
 
-def balanced_dl(dl, sampler:str|None='rarest', t:float=0.1, seed:int=None, n:int=None) -> CXRDataLoader:
-    "A copy of the training loader `dl` (same data, batch size, augmentation) that samples by `sample_weights`."
+class WeightedCXRDataLoader(WeightedSampling, CXRDataLoader):
+    "A `CXRDataLoader` that draws `n` items per epoch with replacement, with probability proportional to `weights`."
+
+mixin_class(WeightedSampling, TfmdDL, 'Weighted')      # `WeightedTfmdDL`, for a DataBlock's loader, made on import
+
+def balanced_dl(dl, sampler:str|None='rarest', t:float=0.1, seed:int=None, n:int=None):
+    "A copy of the training loader `dl` (same data, batch size, augmentation; `cxr_dls`' or any fastai `DataLoader`) that samples by `sample_weights`."
     if sampler is None: return dl
     w = sample_weights(train_targets(dl), sampler, t)
     seed = ifnone(seed, dl.rng.getrandbits(32))
-    return dl.new(cls=WeightedCXRDataLoader, weights=w, seed=seed, n=ifnone(n, len(dl.dataset)))
+    cls = WeightedCXRDataLoader if type(dl) is CXRDataLoader else mixin_class(WeightedSampling, type(dl), 'Weighted')
+    return dl.new(cls=cls, weights=w, seed=seed, n=ifnone(n, len(dl.dataset)))
 
 # %% ../nbs/14_twostage.ipynb #b3366678
 def tau_normalize_weight(weight:torch.Tensor, tau:float=1.0) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""The results page, nbs/40_results.ipynb, shows one `cxr_bench` run kept in nbs/results/phantom/.
+"""The results pages: nbs/40_results.ipynb shows one `cxr_bench` run of the `full` profile kept in nbs/results/phantom/,
+nbs/41_studies.ipynb the studies kept in nbs/results/full_grid/ and nbs/results/studies/.
 
-    python tests/results_page.py --from bench_runs/full    # copy a run's results, curves, intervals and run.json, then refresh
-    python tests/results_page.py                              # refresh the page from the files already there
+    python tests/results_page.py --from bench_runs/full    # copy a run's report files and runs/, then refresh both pages
+    python tests/results_page.py                              # refresh the pages from the files already there
 
-Refreshing executes the notebook and saves its outputs (tables as Markdown, plots as small PNGs), so the
+Refreshing executes the notebooks and saves their outputs (tables as Markdown, plots as small PNGs), so the
 docs show them; tests/test_results_page.py checks that the saved outputs are those of the kept files."""
 import argparse, shutil, subprocess, sys
 from pathlib import Path
@@ -13,8 +14,10 @@ from fastcore.xtras import working_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / 'nbs' / '40_results.ipynb'
+PAGES = (PAGE, ROOT / 'nbs' / '41_studies.ipynb')
 DATA = ROOT / 'nbs' / 'results' / 'phantom'
-FILES = ('results.csv', 'curves.csv', 'deltas_ci.csv', 'run.json')
+FILES = ('results.csv', 'curves.csv', 'claims.csv', 'run.json')
+RUN_FILES = ('*.csv', '*.boot.npz', 'seconds.json', 'machines.json', 'config.json')   # what the grid resumes from
 
 def execute_page(page=PAGE):
     "The page's notebook with fresh outputs (executed in its own folder)."
@@ -57,11 +60,14 @@ def main():
         src = Path(a.src)
         missing = [f for f in FILES if not (src / f).exists()]
         if missing: sys.exit(f"results_page: {src} has no {', '.join(missing)}: is it a cxr_bench --out folder?")
-        DATA.mkdir(parents=True, exist_ok=True)
+        (DATA / 'runs').mkdir(parents=True, exist_ok=True)
         for f in FILES: shutil.copy(src / f, DATA / f)
-    write_nb(shrink_pngs(execute_page()), PAGE)
-    subprocess.run(['nbdev_clean', '--fname', str(PAGE)], check=True, cwd=ROOT)
-    print(f"wrote {PAGE.relative_to(ROOT)} from {DATA.relative_to(ROOT)}")
+        for pat in RUN_FILES:
+            for fn in (src / 'runs').glob(pat): shutil.copy(fn, DATA / 'runs' / fn.name)
+    for page in PAGES:
+        write_nb(shrink_pngs(execute_page(page)), page)
+        subprocess.run(['nbdev_clean', '--fname', str(page)], check=True, cwd=ROOT)
+        print(f"wrote {page.relative_to(ROOT)}")
 
 if __name__ == '__main__':
     main()

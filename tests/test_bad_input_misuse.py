@@ -44,7 +44,9 @@ Caches
   ::test_header_with_other_parameters; datasets_cache::test_stale_cache
 Training
 - DataLoaders without item indices given to NVUM (or to cxr_learner) -> this file::test_nvum_without_item_index;
-  an item index that is not a position -> this file::test_nvum_item_index_not_a_position
+  an item index that is not a position -> this file::test_nvum_item_index_not_a_position; a loader that cannot
+  give the index, boxes missing or not found for coarse-to-fine -> user_pipeline::test_loader_that_cannot_give_the_index_says_how,
+  ::test_coarse_to_fine_without_boxes_says_how
 - a checkpoint from another configuration (classes, training set, method, interrupted fit) -> resume::test_other_classes_refused,
   ::test_other_training_set_refused, ::test_other_method_refused, ::test_resume_needs_the_interrupted_fit;
   nvum_checkpoint::test_memory_size_mismatch_is_explained, ::test_plain_checkpoint_then_nvum
@@ -130,24 +132,27 @@ def pair_learner(ds, cbs):
 
 
 def test_nvum_without_item_index():
+    "The loader adds the index for the fit: the memory is written at the 40 positions, the user's loader is back."
     learn = pair_learner(Pairs(), NVUMCallback())
-    with pytest.raises(ValueError) as e: fit(learn)
-    msg = str(e.value)
-    assert 'NVUMCallback needs batches (image, target, idx) with dls.n_inp == 1' in msg and 'got 1 target element(s)' in msg, msg
-    assert learn.nvum.memory.memory.abs().sum() == 0                        # nothing written to the memory
+    plain = learn.dls.train
+    fit(learn)
+    fct.test_eq(int((learn.nvum.memory.memory.abs().sum(1) > 0).sum()), 40)
+    fct.test_eq(learn.dls.train is plain, True)
     # cxr_learner says what DataLoaders it needs before building anything
     dls = DataLoaders.from_dsets(Pairs(), Pairs(16), bs=8, device='cpu')
-    with pytest.raises(ValueError, match=r"cxr_learner needs DataLoaders that name their classes \(`dls.classes`\) and give "
-                                         r"batches of \(image, target, idx\): use cxr_dls"):
+    with pytest.raises(ValueError, match=r"cxr_learner needs DataLoaders that name their classes \(`dls.classes`, or the "
+                                         r"`dls.vocab` of a DataBlock's MultiCategoryBlock\): set dls.classes = \[...\] or use cxr_dls"):
         cxr_learner(dls, 'narrow_resnet10')
 
 
 def test_nvum_item_index_not_a_position():
-    "A third batch element that is not the position of the item in the training set (here shifted by 100)."
+    "A third element of the dataset's items (here the position shifted by 100) is the user's: the memory is indexed by the loader's own positions."
     learn = pair_learner(Pairs(with_idx=True, shift=100), NVUMCallback())
+    fit(learn)
+    fct.test_eq(int((learn.nvum.memory.memory.abs().sum(1) > 0).sum()), 40)
     with pytest.raises(IndexError, match=r"NVUMMemory: item index 1\d\d outside \[0, 40\); the memory must have one row per "
                                          r"training item"):
-        fit(learn)
+        learn.nvum.memory.update(torch.arange(100, 108), torch.zeros(8, 4))
 
 
 # --- class count mismatch between data and model --------------------------------------------------------------------
@@ -327,7 +332,7 @@ def folder(tmp_path, monkeypatch):
     monkeypatch.setenv('CXR_NOISY_LT_CACHE', str(tmp_path / 'cache'))
     out = tmp_path / 'res'
     (out / 'runs').mkdir(parents=True)
-    (out / 'runs' / 'config.json').write_text(json.dumps(Regime(**TINY).config(), indent=1))
+    (out / 'runs' / 'config.json').write_text(json.dumps(BenchRunner(**TINY).config(), indent=1))   # as a runner writes it
     for s in ('.csv', '.curves.csv', '.boot.npz'): (out / 'runs' / f'bce__none__seed0{s}').write_text('saved')
     return out
 

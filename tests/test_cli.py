@@ -15,7 +15,7 @@ def test_tiny_grid_writes_report(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = pd.read_csv(out / 'results.csv')
     assert set(res['noise']) == {'none', 'symmetric:0.3'} and set(res['labels']) == {'clean', 'noisy'}
-    assert set(res['select']) == {'best', 'last'} and res['epoch'].between(1, 2).all()
+    assert set(res['select']) == {'best', 'last', 'clean_best'} and res['epoch'].between(1, 2).all()
     curves = pd.read_csv(out / 'curves.csv')
     assert len(curves) == 2 * 2 and {'valid_noisy_mAUC', 'valid_clean_mAUC', 'train_loss', 'flipped_fitted', 'clean_fitted'} <= set(curves)
     assert (out / 'curves_symmetric_0.3.png').exists()
@@ -33,7 +33,7 @@ def test_tiny_grid_writes_report(tmp_path):
     from cxr_noisy_lt.widgets import load_bench
     from cxr_noisy_lt.metrics import per_class_auc
     b = load_bench(out)
-    assert len(b.probs) == 2 * 2                  # noise settings x (best, last)
+    assert len(b.probs) == 2 * 3                  # noise settings x (best, last, clean_best)
     rows = res.query("noise == 'symmetric:0.3' and select == 'last' and labels == 'clean'")
     auc = per_class_auc(b.labels('symmetric:0.3', 0, 'clean'), b.probs_for('bce', 'symmetric:0.3', 0, 'last'))
     np.testing.assert_allclose(auc, rows['auc'].to_numpy(), atol=1e-6)
@@ -85,3 +85,45 @@ def test_method_hyperparameters_in_the_name(tmp_path):
     r = run(['--methods', 'nvum@nonsense=1', '--noise', 'none', '--n', '300', '--size', '32', '--epochs', '1',
              '--splits', '0.5,0.2,0.3', '--out', str(tmp_path / 'bad')], tmp_path)
     assert r.returncode != 0 and 'nonsense' in r.stderr, r.stderr[-2000:]
+
+TINY = ['--n', '300', '--size', '32', '--epochs', '2', '--bs', '32', '--splits', '0.5,0.2,0.3', '--threads', '1']
+
+def test_log_lines_when_output_is_not_a_terminal(tmp_path):
+    "Where stdout is a file or a pipe (a Slurm log, CI): a line per finished cell and, with --verbose, per epoch; no bar frames."
+    import re
+    r = run(['--methods', 'bce', '--noise', 'none,symmetric:0.3', '--seeds', '0', *TINY, '--workers', '1', '--verbose',
+             '--out', str(tmp_path / 'res')], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '\r' not in r.stdout and '█' not in r.stdout and 'train_loss' not in r.stdout, r.stdout[:2000]   # no bars, no fastai tables
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r'\d\d:\d\d:\d\d cxr_bench: 2 of 2 runs to do in this process', lines[0]), lines[0]
+    cells = [l for l in lines if re.match(r'\d\d:\d\d:\d\d \[\d/2\] ', l)]
+    assert [c[9:].split(' done in ')[0] for c in cells] == ['[1/2] bce | none | 0', '[2/2] bce | symmetric:0.3 | 0'], cells
+    assert all(re.search(r'done in \d+ s: clean-test mAUC 0\.\d{3}, best noisy-validation epoch [12]$', c) for c in cells), cells
+    epochs = [l for l in lines if ': epoch ' in l]
+    assert len(epochs) == 4 and 'flipped labels fitted' in epochs[-1] and 'flipped' not in epochs[0], epochs   # no flips without noise
+    assert lines.index(epochs[1]) < lines.index(cells[0]) < lines.index(epochs[2])
+
+def test_progress_bar_in_a_terminal(tmp_path):
+    "In a terminal the grid keeps its progress bar and prints no per-cell lines."
+    import pty, re
+    from cxr_noisy_lt.bench import log_mode
+    master, slave = pty.openpty()
+    with open(slave, 'w', closefd=False) as tty: assert log_mode('auto', tty) == 'bar'
+    with open(tmp_path / 'log.txt', 'w') as f: assert log_mode('auto', f) == 'lines'
+    assert (log_mode('lines', None), log_mode('bar', None)) == ('lines', 'bar')
+    env = dict(os.environ, CXR_NOISY_LT_CACHE=str(tmp_path / 'cache'), MPLBACKEND='Agg', OMP_NUM_THREADS='1')
+    p = subprocess.Popen(['cxr_bench', '--methods', 'bce', '--noise', 'none', '--seeds', '0', *TINY, '--out', str(tmp_path / 'res')],
+                         stdout=slave, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    os.close(slave)
+    out = b''
+    while True:
+        try: chunk = os.read(master, 1 << 16)
+        except OSError: break                                # the terminal closes with the command
+        if not chunk: break
+        out += chunk
+    os.close(master)
+    assert p.wait(timeout=900) == 0, p.stderr.read()[-3000:]
+    text = out.decode(errors='replace')
+    assert '\r' in text and '100.00% [1/1' in text, text[-2000:]
+    assert not re.search(r'\[1/1\] bce \| none \| 0 done', text) and 'runs to do' not in text, text[-2000:]

@@ -19,7 +19,8 @@ def proc(tmp_path_factory):
     return d
 
 def test_every_notebook_is_processed(proc):
-    nbs = sorted(p.relative_to(ROOT / 'nbs') for p in (ROOT / 'nbs').rglob('*.ipynb') if '.ipynb_checkpoints' not in str(p))
+    "Every notebook becomes a page, except those nbdev skips (a name starting with '_' or '.', e.g. tutorials/_students/)."
+    nbs = sorted(Path(p) for p in _notebooks())
     done = sorted(p.relative_to(proc / '_proc') for p in (proc / '_proc').rglob('*.ipynb'))
     assert nbs and done == nbs
 

@@ -177,7 +177,7 @@ def test_one_batch_two_views_gradient():
     step, ml = Step(), MetricLearningCallback('supcon')
     learn = cxr_learner(dls, 'test_resnet', metrics=[], cbs=[ml, step])
     embs = []
-    learn.model._modules[HEAD_KEY].register_forward_hook(lambda m, i, o: embs.append(o.detach()))
+    learn.model._modules[HEAD_KEY].net.register_forward_hook(lambda m, i, o: embs.append(torch.nn.functional.normalize(o.detach(), dim=1)))
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     B = len(step.targ)
     fct.test_eq(ml.views, 2); fct.test_eq(len(step.inp), 2 * B); fct.test_eq(step.n_pred, B)
