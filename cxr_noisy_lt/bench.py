@@ -55,7 +55,8 @@ METHODS = {'bce': 'cxr_noisy_lt.recipes:bce',
            'coarse2fine-empty': 'cxr_noisy_lt.recipes:coarse2fine_empty',
            'coarse2fine-joint': 'cxr_noisy_lt.recipes:coarse2fine_joint',
            'twostage': 'cxr_noisy_lt.recipes:twostage',
-           'twostage-1view': 'cxr_noisy_lt.recipes:twostage_1view'}
+           'twostage-1view': 'cxr_noisy_lt.recipes:twostage_1view',
+           'twostage-2view': 'cxr_noisy_lt.recipes:twostage_2view'}
 
 def _value(s:str):
     s = s.strip()
@@ -165,7 +166,7 @@ PROFILES = {
                                  'twostage@weight=0.017', 'twostage@weight=0.15'),
                         noise=('nih-like:0.4',), seeds=(0,), regime=dict(epochs=30)),
     # decides two-stage's default before the main grid: one or two views, on 3 seeds, by noisy-validation mAUC
-    'views': dict(methods=('twostage', 'twostage-1view'), noise=('none', 'nih-like:0.4'), seeds=(0, 1, 2), regime=dict(epochs=30)),
+    'views': dict(methods=('twostage-2view', 'twostage-1view'), noise=('none', 'nih-like:0.4'), seeds=(0, 1, 2), regime=dict(epochs=30)),
     'options': dict(methods=('attmix-attention', 'twostage-1view', 'contrast+attmix'), noise=('none', 'nih-like:0.4'),
                     seeds=(0,), regime=dict(epochs=30)),
     'c2f-os8': dict(methods=('bce', 'coarse2fine', 'coarse2fine-empty', 'coarse2fine-joint'), noise=('nih-like:0.4',),

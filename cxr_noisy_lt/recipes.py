@@ -14,7 +14,7 @@ from .bench import Method, fit_regime
 # %% auto #0
 __all__ = ['NVUM_PAPER_STEPS', 'C2F_FRAC', 'ema_decay_for', 'check_hyperparameters', 'bce', 'nvum', 'nvum_ral', 'ral', 'asl',
            'focal', 'attmix', 'attmix_attention', 'simclr_attmix', 'contrast_attmix', 'c2f_epochs', 'coarse2fine',
-           'coarse2fine_empty', 'coarse2fine_joint', 'twostage_epochs', 'twostage', 'twostage_1view']
+           'coarse2fine_empty', 'coarse2fine_joint', 'twostage_epochs', 'twostage', 'twostage_1view', 'twostage_2view']
 
 # %% ../nbs/31_recipes.ipynb #caeeca84
 NVUM_PAPER_STEPS = 5408     # NVUM's NIH setting: 86,524 training images at batch 16
@@ -161,7 +161,7 @@ def twostage_epochs(epochs:int, stage1:float=0.75) -> tuple:
     from cxr_noisy_lt.twostage import split_epochs
     return split_epochs(epochs, stage1)
 
-def _twostage(name, description, views=2, weight=None, sampler='rarest', **hp):
+def _twostage(name, description, views=1, weight=None, sampler='rarest', **hp):
     from cxr_noisy_lt.twostage import MetricLearningCallback, RebalanceStage
     check_hyperparameters(MetricLearningCallback, hp, name)
     def fit(learn, epochs, lr):
@@ -170,12 +170,16 @@ def _twostage(name, description, views=2, weight=None, sampler='rarest', **hp):
         _stage(learn, 'stage2'); learn.fit_one_cycle(s2, 5 * lr, cbs=RebalanceStage(sampler))
         learn.twostage_model = learn.model
     return Method(name, lambda dls, arch='narrow_resnet10', **k: cxr_learner(dls, arch=arch, **k), fit=fit,
-                  stages=('stage1',), controls=('twostage',) if name == 'twostage-1view' else (), description=description)
+                  stages=('stage1',), controls=('twostage',) if name == 'twostage-2view' else (), description=description)
 
 def twostage(**hp) -> Method:
-    "Two-stage (Zeng et al. 2022): BCE + multi-label SupCon on two views, then classifier re-training with rarest-class sampling."
-    return _twostage('twostage', 'two-stage: BCE + SupCon (two views), then rarest-class re-training', **hp)
+    "Two-stage (Zeng et al. 2022): BCE + multi-label SupCon on the batch (one view), then classifier re-training with rarest-class sampling."
+    return _twostage('twostage', 'two-stage: BCE + SupCon (one view), then rarest-class re-training', **hp)
 
 def twostage_1view(**hp) -> Method:
     "Two-stage with the metric loss on the batch alone (one view)."
-    return _twostage('twostage-1view', 'two-stage with one-view SupCon', **{'views': 1, **hp})
+    return _twostage('twostage-1view', 'two-stage with one-view SupCon (the default, by name)', **{'views': 1, **hp})
+
+def twostage_2view(**hp) -> Method:
+    "Two-stage with a second augmented view of every image in the metric loss (every anchor has a positive)."
+    return _twostage('twostage-2view', 'two-stage with two-view SupCon', **{'views': 2, **hp})

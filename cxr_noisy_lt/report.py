@@ -112,7 +112,7 @@ def delta_table(results:pd.DataFrame, baseline='bce', labels='clean', figures=('
                        for m, s, w, n in zip(d[f'd_{f}'], d[f'd_{f}_std'], d[f'{f}_wins'], d['seeds'])]
     return out
 
-# %% ../nbs/21_report.ipynb #6b2b0e0b
+# %% ../nbs/21_report.ipynb #a5d7b065
 CLAIM_COLS = ['method', 'reference', 'claim', 'figure', 'noise', 'select', 'seeds', 'wins', 'delta', 'lo', 'hi', 'p', 'p_holm',
               'mde', 'verdict']
 CLAIM_FIGURES = ('mAUC', 'mAP', 'tail_AUC', 'tail_AP')
