@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt
 # %% auto #0
 __all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'CLAIM_COLS', 'CLAIM_FIGURES', 'METRIC_NAMES', 'CURVE_COLS', 'SELECT_NAMES',
            'check_results', 'selected', 'run_means', 'summarize', 'fmt_pm', 'markdown_table', 'summary_table',
-           'paired_deltas', 'delta_table', 'claims_table', 'fmt_claim', 'claims_markdown', 'plot_per_class',
-           'noise_rate', 'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
+           'paired_deltas', 'delta_table', 'claims_table', 'claims_markdown', 'plot_per_class', 'noise_rate',
+           'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
 
 # %% ../nbs/21_report.ipynb #8420710c
 RESULT_COLS = ['method', 'noise', 'seed', 'labels', 'class', 'group', 'n_train_pos', 'n_test_pos', 'auc', 'ap']
@@ -172,13 +172,6 @@ def claims_table(results:pd.DataFrame, boot:dict=None, boot_ap:dict=None, refere
     if not rows: return pd.DataFrame(columns=CLAIM_COLS)
     out = add_verdicts(pd.DataFrame(rows), family=family)
     return out[CLAIM_COLS + [c for c in out.columns if c not in CLAIM_COLS]]
-
-def fmt_claim(row) -> str:
-    "One claim as text: '+0.012 [-0.004, +0.027], p 0.031 (Holm 0.12), 8/10 seeds, MDE 0.015: inconclusive'."
-    mde = '∞ (under 6 seeds)' if not np.isfinite(row['mde']) else f"{row['mde']:.3f}"
-    ci = '' if not np.isfinite(row['lo']) else f" [{row['lo']:+.3f}, {row['hi']:+.3f}]"
-    return (f"{row['delta']:+.3f}{ci}, p {row['p']:.3g} (Holm {row['p_holm']:.3g}), {row['wins']}/{row['seeds']} seeds, "
-            f"MDE {mde}: {row['verdict']}")
 
 def claims_markdown(claims:pd.DataFrame, figure:str='mAUC', select:str='best') -> str:
     "A Markdown table of the claims of one figure and selection: one row per claim and noise setting."
