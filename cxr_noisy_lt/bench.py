@@ -4,86 +4,39 @@
 
 # %% ../nbs/30_bench.ipynb #9036886f
 from __future__ import annotations
-import contextlib, copy, json, os, re, sys, time, traceback, warnings
+import copy, os, sys, time, traceback, warnings
 # fastai's import of torch.jit.script warns on this torch; the command's output stays clean
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
-from fastcore.basics import ifnone
-from fastcore.script import call_parse, Param, store_true
-from fastai.callback.core import Callback
+from fastcore.script import call_parse, store_true
 from fastprogress.fastprogress import progress_bar
-from .labels import label_space, clean_col, frame_groups, label_stats
-from .metrics import per_class_auc, per_class_ap, macro
-from .report import write_report, summary_table, markdown_table, delta_table, CURVE_COLS, SELECTS, claims_table, claims_markdown
+from .labels import frame_groups, label_stats
+from .report import (summary_table, markdown_table, delta_table, CURVE_COLS, claims_table, claims_markdown,
+                                 paired_boot_ci)
 from .methods import (Method, METHODS, register_method, get_method, parse_method, available_methods, find_recipe,
                                   method_origin, method_refs, adopt_methods, fit_regime)
-import cxr_noisy_lt.recipes  # registers the package's own methods
+from .run import (SCHEDULES, NOISE_MODELS, N_BOOT, Regime, parse_noise, noisy_frame, fitted_shares, EpochRecorder,
+                              EpochLog, log_line, evaluate, RunOutput, build_learner, run_one, boot_samples)
+from .runfolder import RUN_FORMAT, RunFolder, task_name, save_probs, machine
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'MAIN_METHODS', 'PROFILES', 'NOISE_MODELS', 'N_BOOT', 'RUN_FORMAT', 'LOG_MODES', 'Regime', 'profile',
-           'fitted_shares', 'EpochRecorder', 'EpochLog', 'evaluate', 'RunOutput', 'build_learner', 'run_one',
-           'parse_noise', 'noisy_frame', 'task_name', 'save_probs', 'machine', 'boot_samples', 'paired_boot_ci',
-           'reference_pairs', 'reference_deltas', 'log_mode', 'FailedRuns', 'BenchRunner', 'run_bench', 'main',
-           'noise_gap_text', 'Method', 'METHODS', 'register_method', 'get_method', 'parse_method', 'available_methods',
-           'method_origin', 'fit_regime']
+__all__ = ['MAIN_METHODS', 'PROFILES', 'LOG_MODES', 'profile', 'reference_pairs', 'reference_deltas', 'log_mode', 'FailedRuns',
+           'BenchRunner', 'run_bench', 'main', 'noise_gap_text', 'Method', 'METHODS', 'register_method', 'get_method',
+           'parse_method', 'available_methods', 'method_origin', 'fit_regime', 'SCHEDULES', 'NOISE_MODELS', 'N_BOOT',
+           'RUN_FORMAT', 'Regime', 'fitted_shares', 'EpochRecorder', 'EpochLog', 'evaluate', 'RunOutput',
+           'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs', 'machine',
+           'boot_samples', 'paired_boot_ci']
 
 # %% ../nbs/30_bench.ipynb #d5485f35
-_all_ = ['Method', 'METHODS', 'register_method', 'get_method', 'parse_method', 'available_methods', 'method_origin', 'fit_regime']
+_all_ = ['Method', 'METHODS', 'register_method', 'get_method', 'parse_method', 'available_methods', 'method_origin', 'fit_regime',
+         'SCHEDULES', 'NOISE_MODELS', 'N_BOOT', 'RUN_FORMAT', 'Regime', 'fitted_shares', 'EpochRecorder', 'EpochLog', 'evaluate',
+         'RunOutput', 'build_learner', 'run_one', 'parse_noise', 'noisy_frame', 'task_name', 'save_probs', 'machine',
+         'boot_samples', 'paired_boot_ci']
 
 # %% ../nbs/30_bench.ipynb #5c893126
-SCHEDULES = ('constant', 'flat_cos', 'one_cycle')
-
-@dataclass
-class Regime:
-    "Everything that decides how every method of a benchmark is trained: data, model, schedule, device."
-    n: int = 30000                            # phantom images (all splits)
-    splits: tuple = (0.1333, 0.04, 0.8267)    # train, valid, test shares of the images (by patient): 4,000 / 1,200 / 24,800
-    size: int = 64                            # image size in pixels
-    arch: str = 'narrow_resnet10'             # timm architecture
-    epochs: int = 30
-    bs: int = 64
-    lr: float = 2e-3
-    wd: float = 0.01                          # decoupled weight decay (fastai's Adam)
-    schedule: str = 'constant'                # 'constant', 'flat_cos' (flat, then cosine from 75%) or 'one_cycle'
-    aug: bool = False                         # fastai batch augmentation (on the device)
-    device: str = 'auto'                      # 'auto', 'cpu', 'cuda', 'cuda:1', ...
-    amp: str = 'auto'                         # 'auto' (bf16 on CUDA, none on CPU), 'bf16', 'fp16' or 'none'
-    channels_last: bool = True
-    phantom_seed: int = 0
-    head: float = 0.05                        # class groups: head above this training prevalence,
-    tail: float = 0.02                        # tail below this one
-
-    def __post_init__(self):
-        self.splits = tuple(float(s) for s in self.splits)
-        if self.schedule not in SCHEDULES: raise ValueError(f"schedule={self.schedule!r}: use one of {SCHEDULES}")
-        if self.amp not in ('auto', 'bf16', 'fp16', 'none'): raise ValueError(f"amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'none'")
-        for k in ('n', 'size', 'epochs', 'bs'):
-            v = getattr(self, k)
-            if not isinstance(v, (int, np.integer)) or v < 1: raise ValueError(f"{k}={v!r}: expected a positive integer")
-        if not self.lr > 0: raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
-
-    def config(self) -> dict:
-        "The regime as a plain dict (what `run.json` records and `resume` compares)."
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
-
-    def torch_device(self) -> torch.device:
-        if self.device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-        d = torch.device(self.device)
-        if d.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device={self.device!r}: CUDA is not available here")
-        return d
-
-    def amp_mode(self) -> str|None:
-        "'bf16', 'fp16' or None for the device this regime runs on."
-        if self.amp == 'none': return None
-        if self.amp == 'auto': return 'bf16' if self.torch_device().type == 'cuda' else None
-        return self.amp
-
 MAIN_METHODS = ('bce', 'nvum', 'ral', 'nvum+ral', 'attmix', 'contrast+attmix', 'coarse2fine', 'twostage')
 
 PROFILES = {
@@ -124,205 +77,7 @@ def profile(name:str, **overrides) -> dict:
         else: raise KeyError(f"unknown setting {k!r}: neither a grid setting {list(p)} nor a regime field {list(Regime.__dataclass_fields__)}")
     return dict(p, regime=Regime(**reg))
 
-# %% ../nbs/30_bench.ipynb #d2f8849c
-def fitted_shares(probs:np.ndarray, noisy:np.ndarray, clean:np.ndarray) -> dict:
-    "How far predictions fit the observed labels: shares of flipped / unflipped entries predicted on their observed side of 0.5."
-    known = ~np.isnan(noisy) & ~np.isnan(clean)
-    flipped, same = known & (noisy != clean), known & (noisy == clean)
-    fit = (probs > 0.5) == (noisy == 1)
-    share = lambda m: float(fit[m].mean()) if m.any() else float('nan')
-    return dict(flipped_fitted=share(flipped), added_fitted=share(flipped & (noisy == 1)),
-                missed_fitted=share(flipped & (noisy == 0)), clean_fitted=share(same))
-
-class EpochRecorder(Callback):
-    "After every epoch: noisy and clean validation mAUC, training loss and how far flipped / unflipped training labels are fitted; keeps the models of the best noisy-validation epoch and (with clean labels) of the best clean-validation epoch, per stage and overall."
-    order = 95
-    def __init__(self, frame:pd.DataFrame, classes, eval_model:Callable=None, stage:str='main', train_sample:int=1024, seed:int=0):
-        classes = list(label_space(classes))
-        self.frame, self.cols, self.ccols = frame, classes, [clean_col(c) for c in classes]
-        self.has_clean = all(c in frame for c in self.ccols)
-        self.eval_model, self.stage = eval_model, stage
-        tr = np.flatnonzero((frame['split'] == 'train').to_numpy())
-        if train_sample is not None and len(tr) > train_sample:
-            tr = np.sort(np.random.default_rng(seed).choice(tr, train_sample, replace=False))
-        self.train_rows = frame.iloc[tr]                   # fitted shares on a fixed sample of training images
-        self.rows, self.best, self.clean_best, self.last = [], {}, {}, {}
-
-    def _model(self) -> nn.Module:
-        return self.eval_model(self.learn) if self.eval_model is not None else self.learn.model
-
-    def before_epoch(self): self._loss, self._n, self._t0, self._vp = 0., 0, time.time(), []
-    def after_batch(self):
-        if self.training:
-            if self.loss is not None:
-                bs = len(self.learn.yb[0]) if self.learn.yb else 1
-                self._loss += float(self.loss.detach()) * bs; self._n += bs
-        elif self._vp is not None:
-            # the validation pass already predicts the valid split: reuse it when it runs the scored model
-            pred = self.learn.pred[0] if isinstance(self.learn.pred, (tuple, list)) else self.learn.pred
-            if self.learn.model is self._model() and len(self.learn.yb) > 1 and pred.shape[-1] == len(self.cols):
-                self._vp.append((self.learn.yb[1].cpu(), torch.sigmoid(pred.detach().float()).cpu()))
-            else: self._vp = None
-
-    def _valid_probs(self, model):
-        from cxr_noisy_lt.learner import predict_split
-        ds = self.learn.dls.valid.dataset
-        if self._vp and sum(len(i) for i, _ in self._vp) == len(ds):
-            p = np.empty((len(ds), len(self.cols)), np.float32)
-            for i, q in self._vp: p[i.numpy()] = q.numpy()
-            return p, ds.frame
-        p, _, f = predict_split(self.learn, self.frame, 'valid', model=model)
-        return p, f
-
-    def after_epoch(self):
-        from cxr_noisy_lt.learner import predict_split
-        model, stage = self._model(), getattr(self.learn, 'bench_stage', self.stage)
-        t_train = time.time() - self._t0
-        p, f = self._valid_probs(model)
-        vn = macro(per_class_auc(f[self.cols].to_numpy(float), p))
-        vc = macro(per_class_auc(f[self.ccols].to_numpy(float), p)) if self.has_clean else float('nan')
-        row = dict(epoch=len(self.rows) + 1, stage=stage, train_loss=self._loss / max(self._n, 1),
-                   valid_noisy_mAUC=vn, valid_clean_mAUC=vc)
-        if self.has_clean and len(self.train_rows):
-            pt, _, ft = predict_split(self.learn, self.train_rows, 'train', model=model)
-            row.update(fitted_shares(pt, ft[self.cols].to_numpy(float), ft[self.ccols].to_numpy(float)))
-        row.update(train_seconds=t_train, eval_seconds=time.time() - self._t0 - t_train)
-        self.rows.append(row)
-        snap = None                                    # one copy of the model, shared by every selection that picks this epoch
-        for kept, v in ((self.best, vn), (self.clean_best, vc if self.has_clean else None)):
-            if v is None: continue
-            for key in (stage, None):                  # the best of this stage, and of the whole run
-                old = kept.get(key, (np.nan,))[0]
-                if key not in kept or (np.isfinite(v) and (not np.isfinite(old) or v > old)):
-                    if snap is None: snap = copy.deepcopy(model)
-                    kept[key] = (v, row['epoch'], snap)
-
-    def after_fit(self):
-        stage = getattr(self.learn, 'bench_stage', self.stage)
-        if self.rows: self.last[stage] = (self.rows[-1]['epoch'], copy.deepcopy(self._model()))
-
-    @property
-    def curves(self) -> pd.DataFrame: return pd.DataFrame(self.rows)
-
-def _say(line:str):
-    "`line` to stdout in one write, after the clock: worker processes share the stream."
-    sys.stdout.write(f"{time.strftime('%H:%M:%S')} {line}\n"); sys.stdout.flush()
-
-class EpochLog(Callback):
-    "One line per epoch, after `prefix`, from the `EpochRecorder` `rec` it follows (`cxr_bench --verbose` in a log file)."
-    order = EpochRecorder.order + 1
-    def __init__(self, rec:EpochRecorder, prefix:str=''): self.rec, self.prefix = rec, prefix
-    def after_epoch(self):
-        if not self.rec.rows: return
-        r = self.rec.rows[-1]
-        fit = r.get('flipped_fitted', float('nan'))
-        _say(f"{self.prefix}epoch {r['epoch']} ({r['stage']}): train loss {r['train_loss']:.4f}, valid mAUC "
-             f"{r['valid_noisy_mAUC']:.4f} (noisy labels) {r['valid_clean_mAUC']:.4f} (clean)"
-             + (f", flipped labels fitted {fit:.0%}" if np.isfinite(fit) else '')
-             + f", {r['train_seconds'] + r['eval_seconds']:.0f} s")
-
-# %% ../nbs/30_bench.ipynb #7e4bd352
-def evaluate(probs:np.ndarray, test_frame:pd.DataFrame, classes, groups:pd.Series, n_train_pos:pd.Series, **keys) -> pd.DataFrame:
-    "Tidy per-class AUC/AP rows for `probs` [N,C] on `test_frame`, for clean and observed labels."
-    classes = list(label_space(classes))
-    rows = []
-    for labels, cols in [('clean', [clean_col(c) for c in classes]), ('noisy', classes)]:
-        if not all(c in test_frame for c in cols): continue
-        y = test_frame[cols].to_numpy(dtype=float)
-        auc, ap = per_class_auc(y, probs), per_class_ap(y, probs)
-        for j, c in enumerate(classes):
-            rows.append(dict(keys, labels=labels, **{'class': c}, group=groups[c], n_train_pos=int(n_train_pos[c]),
-                             n_test_pos=int(np.nansum(y[:, j] == 1)), auc=auc[j], ap=ap[j]))
-    return pd.DataFrame(rows)
-
-@dataclass
-class RunOutput:
-    "What one benchmark run returns: test probabilities per (method or method/stage, selection), the curves, timings."
-    probs: dict                                # {(name, select): [N, C] test probabilities}, select in SELECTS
-    epochs: dict                               # {(name, select): epoch the model comes from}
-    curves: pd.DataFrame
-    seconds: float
-
-def build_learner(method:Method, frame:pd.DataFrame, images, classes, regime:Regime, seed:int=0, phantom=None):
-    "The `Learner` of `method` on `frame`'s train/valid splits under `regime`, seeded by `seed`."
-    from fastai.torch_core import set_seed
-    from cxr_noisy_lt.data import cxr_dls
-    set_seed(seed, reproducible=True)
-    dev = regime.torch_device()
-    dls = cxr_dls(frame, classes=classes, images=images, bs=regime.bs, seed=seed, aug=regime.aug, device=dev)
-    dls.phantom = phantom                                # boxes and gaze, for methods that use annotations
-    learn = method.make_learner(dls, arch=regime.arch, metrics=[], wd=regime.wd)
-    learn.regime, learn.bench_stage = regime, 'main'
-    from fastai.callback.channelslast import ChannelsLast
-    has_cl = hasattr(learn, 'channels_last')               # cxr_learner's default; other recipes may lack it
-    if regime.channels_last and not has_cl: learn.add_cb(ChannelsLast())
-    elif not regime.channels_last and has_cl:
-        learn.remove_cb(learn.channels_last); learn.model.to(memory_format=torch.contiguous_format)
-    amp = regime.amp_mode()
-    if amp is not None:
-        from fastai.callback.fp16 import MixedPrecision, AMPMode
-        learn.add_cb(MixedPrecision(AMPMode.BF16 if amp == 'bf16' else AMPMode.FP16))
-    learn.model.to(dev)
-    return learn
-
-def run_one(method:Method, frame:pd.DataFrame, images, classes, regime:Regime=None, seed:int=0, verbose:bool=False,
-            phantom=None, log:str=None, **regime_kw) -> RunOutput:
-    "Train `method` on `frame`'s train split under `regime`; the test probabilities of its `SELECTS`: best noisy-validation epoch, last epoch and (where `frame` has clean labels) best clean-validation epoch. With `log`, a line per epoch starting with it."
-    from cxr_noisy_lt.learner import predict_split
-    regime = regime or Regime(**regime_kw)
-    t0 = time.time()
-    learn = build_learner(method, frame, images, classes, regime, seed, phantom)
-    rec = EpochRecorder(frame, classes, eval_model=method.scored_model)
-    learn.add_cb(rec)
-    if log is not None: learn.add_cb(EpochLog(rec, log))
-    with contextlib.ExitStack() as quiet:
-        if not verbose: quiet.enter_context(learn.no_bar()); quiet.enter_context(learn.no_logging())
-        method.train(learn, regime.epochs, regime.lr)
-    final = method.scored_model(learn)
-    models = {(method.name, 'best'): rec.best[None][1:], (method.name, 'last'): (len(rec.rows), final)}
-    if rec.has_clean: models[(method.name, 'clean_best')] = rec.clean_best[None][1:]
-    for s in method.stages:
-        if s not in rec.best: raise RuntimeError(f"method {method.name!r}: no epoch was recorded in stage {s!r}")
-        models[(f"{method.name}/{s}", 'best')] = rec.best[s][1:]
-        models[(f"{method.name}/{s}", 'last')] = rec.last[s]
-        if rec.has_clean: models[(f"{method.name}/{s}", 'clean_best')] = rec.clean_best[s][1:]
-    probs, epochs, cache = {}, {}, {}
-    for k, (ep, m) in models.items():
-        if id(m) not in cache: cache[id(m)] = predict_split(learn, frame, 'test', model=m)[0]
-        probs[k], epochs[k] = cache[id(m)], ep
-    return RunOutput(probs, epochs, rec.curves, time.time() - t0)
-
 # %% ../nbs/30_bench.ipynb #0800c055
-NOISE_MODELS = ('none', 'symmetric', 'nih-like', 'class')
-
-def parse_noise(spec:str) -> tuple:
-    "'symmetric:0.2' -> ('symmetric', 0.2); 'none' -> (None, 0.0); 'nih-like' -> ('nih-like', None)."
-    spec = str(spec).strip()
-    model, _, rate = spec.partition(':')
-    if model not in NOISE_MODELS: raise ValueError(f"unknown noise setting {spec!r}: the model must be one of {NOISE_MODELS}")
-    if model == 'none': return None, 0.
-    if not rate: return model, None
-    try: r = float(rate)
-    except ValueError: raise ValueError(f"noise setting {spec!r}: rate {rate!r} is not a number") from None
-    if not 0 <= r < 1: raise ValueError(f"noise setting {spec!r}: rate must be in [0, 1)")
-    return model, r
-
-def noisy_frame(ph, spec:str, seed:int) -> pd.DataFrame:
-    "The phantom's labels frame with noise `spec` drawn with `seed` on every split (clean labels kept beside)."
-    from cxr_noisy_lt.noise import add_noise
-    model, rate = parse_noise(spec)
-    return ph.frame if model is None else add_noise(ph.frame, ph.classes, model=model, rate=rate, seed=seed, splits=None)
-
-def task_name(method:str, spec:str, seed:int) -> str:
-    "File-name key of one run: 'nvum__nih-like-0.4__seed1'; `method` is the name the run's results carry (`Method.name`)."
-    return f"{method}__{spec.replace(':', '-')}__seed{seed}"
-
-def save_probs(runs, task, probs:dict) -> Path:
-    "Write the test probabilities `probs` {(method, select): [N, C]} of run `task` (method, noise, seed) as `runs/<run>.probs.npz`."
-    fn = Path(runs) / f"{task_name(*task)}.probs.npz"
-    np.savez_compressed(fn, **{'|'.join(map(str, k)): np.asarray(v, np.float32) for k, v in probs.items()})
-    return fn
-
 _WORKER = {}
 def _worker_init(threads, phantom_kw, regime, groups, n_pos, verbose, lines=False, refs=None):
     warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
@@ -349,57 +104,12 @@ def _run_task(ph, task, regime, groups, n_pos, verbose, lines:bool=False) -> tup
         return task, res, curves, out.probs, out.seconds, None
     except (Exception, SystemExit): return task, None, None, None, None, traceback.format_exc()
 
-def machine() -> str:
-    "Where a run ran: CPU model, vector extensions, cores, host name, torch version (kept per run in `runs/machines.json`)."
-    import platform, socket
-    cpu, flags = platform.processor() or platform.machine(), ''
-    try:
-        info = Path('/proc/cpuinfo').read_text()
-        cpu = re.search(r'model name\s*:\s*(.+)', info).group(1).strip()
-        flags = ', AVX-512' if 'avx512f' in info else (', AVX2' if 'avx2' in info else '')
-    except (OSError, AttributeError): pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ''
-    return f"{cpu}{flags}, {os.cpu_count()} cores{gpu}, host {socket.gethostname()}, torch {torch.__version__}"
-
 def _worker_task(task):
     w = _WORKER
     if 'error' in w: return task, None, None, None, None, w['error']
     return _run_task(w['ph'], task, w['regime'], w['groups'], w['n_pos'], w['verbose'], w['lines'])
 
 # %% ../nbs/30_bench.ipynb #b331e41f
-N_BOOT = 200
-RUN_FORMAT = 2          # 2: three selections (best, last, clean_best), AUROC and AP bootstrap samples, machines.json
-
-def boot_samples(probs:np.ndarray, test_frame:pd.DataFrame, classes, n_boot:int=N_BOOT, metric:str='auc') -> np.ndarray:
-    "Per-class clean-label `metric` ('auc' or 'ap') [n_boot, C] on patient-level bootstrap resamples of the test split; the same resamples for every run on it."
-    from cxr_noisy_lt.metrics import bootstrap_ci
-    y = test_frame[[clean_col(c) for c in label_space(classes)]].to_numpy(float)
-    return bootstrap_ci(y, probs, test_frame['patient'].to_numpy(), metric, n_boot=n_boot, seed=0, return_samples=True)[1].astype(np.float32)
-
-def paired_boot_ci(boot:dict, groups:pd.Series, baseline:str='bce', alpha:float=0.05) -> pd.DataFrame:
-    """Differences from `baseline` with patient-level bootstrap intervals: `boot` maps (method, noise, seed, select) to
-    [n_boot, C] AUROC samples; each replicate's difference is averaged over the seeds both methods ran."""
-    g = groups.to_numpy()
-    figs = {'mAUC': np.ones(len(g), bool), 'tail_AUC': g == 'tail', 'head_AUC': g == 'head'}
-    def fig(s, k):
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', RuntimeWarning)
-            return np.nanmean(s[:, k], 1)
-    keys = pd.DataFrame(list(boot), columns=['method', 'noise', 'seed', 'select'])
-    rows = []
-    for (m, nz, sel), d in keys.groupby(['method', 'noise', 'select'], sort=False):
-        if m == baseline: continue
-        seeds = [s for s in d['seed'] if (baseline, nz, s, sel) in boot]
-        if not seeds: continue
-        row = dict(method=m, noise=nz, select=sel, seeds=len(seeds))
-        for f, k in figs.items():
-            if not k.any(): continue
-            diff = np.mean([fig(boot[(m, nz, s, sel)], k) - fig(boot[(baseline, nz, s, sel)], k) for s in seeds], 0)
-            diff = diff[np.isfinite(diff)]
-            row[f'd_{f}'] = float(np.mean(diff)) if len(diff) else np.nan
-            row[f'd_{f}_lo'], row[f'd_{f}_hi'] = (np.quantile(diff, [alpha / 2, 1 - alpha / 2]) if len(diff) else (np.nan, np.nan))
-        rows.append(row)
-    return pd.DataFrame(rows)
 def reference_pairs(methods, have) -> list:
     """(method, reference) pairs, by the names results carry, of a grid's `methods` among the names in `have`: every method
     against BCE, against its own stages ('coarse2fine' against 'coarse2fine/stage1', and the stage against BCE) and
@@ -465,6 +175,7 @@ class BenchRunner:
         self.log = log                                        # 'auto', 'bar' or 'lines' (`log_mode`)
         self.refs = method_refs(self.names) if workers > 1 else {}   # modules a worker imports to find registered names
         self.out = None if out is None else Path(out)
+        self.folder = None if out is None else RunFolder(out)    # the run folder: every file of the grid goes through it
         self.workers, self.threads, self.resume, self.verbose, self.cache_dir = workers, threads, resume, verbose, cache_dir
         self.save_probs = save_probs                          # also keep each run's test probabilities (runs/<run>.probs.npz)
         # seed-major within each (sub-)grid: every method of one (noise, seed) runs in one sitting, beside its references
@@ -476,9 +187,10 @@ class BenchRunner:
         self.done, self.failed, self.missing = {}, {}, []
 
     @property
-    def runs(self) -> Path|None: return None if self.out is None else self.out / 'runs'
+    def runs(self) -> Path|None: return None if self.folder is None else self.folder.runs
 
-    def _stem(self, t) -> str: return task_name(self.names[t[0]], t[1], t[2])
+    def _task(self, t) -> tuple: return (self.names[t[0]], t[1], t[2])
+    def _stem(self, t) -> str: return task_name(*self._task(t))
 
     def config(self) -> dict:
         "What must match for saved runs to be reused: the regime and the format of the run files."
@@ -495,71 +207,29 @@ class BenchRunner:
         return ph
 
     def _check_folder(self, resume:bool):
-        """Keep saved runs only for an identical configuration: a folder whose saved runs used another one is
-        refused, with or without `resume` (resuming would mix grids; running anew would leave its runs beside
-        the new ones, for a later resume to mix). Nothing in the folder is changed when it is refused."""
-        fn = self.runs / 'config.json'
-        cfg = self.config()
-        saved = sorted(p.name for p in self.runs.glob('*.csv') if not p.name.endswith('.curves.csv')) if self.runs.is_dir() else []
-        if fn.exists():
-            try: old = json.loads(fn.read_text())
-            except ValueError as e:
-                raise ValueError(f"{fn} is unreadable ({e}): cannot tell which configuration the {len(saved)} saved run(s) "
-                                 f"in {self.runs} used; pass another out folder, or delete {self.runs} to start afresh") from None
-            diff = {k: (old.get(k), cfg[k]) for k in cfg if old.get(k) != cfg[k]}
-            if diff and (resume or saved):
-                what = ', '.join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
-                if resume: raise ValueError(f"cannot resume in {self.out}: its runs used another configuration: {what}; "
-                                            f"resume with its settings, or pass another out folder")
-                raise ValueError(f"{self.out} holds {len(saved)} saved run(s) of another configuration ({what}); running "
-                                 f"this one there would mix the two: pass another out folder, or delete {self.runs} "
-                                 f"to start afresh")
-        elif saved:
-            raise ValueError(f"{self.out} holds {len(saved)} saved run(s) but no {fn.name} saying which "
-                             f"configuration they used; pass another out folder, or delete {self.runs} to start afresh")
-        self.runs.mkdir(parents=True, exist_ok=True)
-        fn.write_text(json.dumps(cfg, indent=1))
+        "Refuse a folder whose saved runs used another configuration (`RunFolder.check`)."
+        self.folder.check(self.config(), resume)
 
     def _load_saved(self):
-        secs = json.loads((self.runs / 'seconds.json').read_text()) if (self.runs / 'seconds.json').exists() else {}
-        for t in self.grid:
-            stem = self.runs / self._stem(t)
-            fns = [stem.with_name(stem.name + s) for s in ('.csv', '.curves.csv', '.boot.npz')]
-            if all(f.exists() for f in fns):
-                with np.load(fns[2]) as z: boot = {tuple(k.split('|')): z[k] for k in z.files}
-                self.done[t] = (pd.read_csv(fns[0]), pd.read_csv(fns[1]), boot, secs.get(self._stem(t)))
-
-    def _save(self, t, res, curves, boot, secs, probs=None):
-        stem = self.runs / self._stem(t)
-        if probs is not None: save_probs(self.runs, (self.names[t[0]], *t[1:]), probs)   # before the results: a saved run has all its files
-        res.to_csv(stem.with_name(stem.name + '.csv'), index=False)
-        curves.to_csv(stem.with_name(stem.name + '.curves.csv'), index=False)
-        np.savez(stem.with_name(stem.name + '.boot.npz'), **{'|'.join(k): v for k, v in boot.items()})
-        fail = self.runs / 'failed' / f"{self._stem(t)}.txt"
-        if fail.exists(): fail.unlink()
-        for name, v in (('seconds.json', round(secs, 1)), ('machines.json', machine())):
-            fn = self.runs / name
-            old = json.loads(fn.read_text()) if fn.exists() else {}
-            fn.write_text(json.dumps({**old, self._stem(t): v}, indent=1))
+        self.done.update(self.folder.saved({t: self._stem(t) for t in self.grid}))
 
     def _finish(self, ph, t, res, curves, probs, secs, err, count=None):
         "Keep (and save) one finished cell; with `count` (i, n), a line saying so."
         cell = ' | '.join(map(str, t))
         if err is not None:
-            self.failed[t], fn, why = err, None, err.strip().splitlines()[-1]
-            if self.runs is not None:
-                fn = self.runs / 'failed' / f"{self._stem(t)}.txt"; fn.parent.mkdir(exist_ok=True); fn.write_text(err)
-            if count: _say(f"[{count[0]}/{count[1]}] {cell} failed: {why}" + (f" (traceback: {fn})" if fn else ''))
+            self.failed[t], why = err, err.strip().splitlines()[-1]
+            fn = None if self.folder is None else self.folder.fail(self._task(t), err)
+            if count: log_line(f"[{count[0]}/{count[1]}] {cell} failed: {why}" + (f" (traceback: {fn})" if fn else ''))
             else: print(f"cxr_bench: run {cell} failed: {why}", flush=True)
             return
         test = ph.frame[ph.frame['split'] == 'test']
         boot = {k: boot_samples(p, test, ph.classes) for k, p in probs.items()}
         boot.update({(*k, 'ap'): boot_samples(p, test, ph.classes, metric='ap') for k, p in probs.items()})
         self.done[t] = (res, curves, boot, secs)
-        if self.runs is not None: self._save(t, res, curves, boot, secs, probs if self.save_probs else None)
+        if self.folder is not None: self.folder.save(self._task(t), res, curves, boot, secs, probs if self.save_probs else None)
         if count:
             b = res[(res['method'] == self.names[t[0]]) & (res['select'] == 'best') & (res['labels'] == 'clean')]
-            _say(f"[{count[0]}/{count[1]}] {cell} done in {secs:.0f} s"
+            log_line(f"[{count[0]}/{count[1]}] {cell} done in {secs:.0f} s"
                  + (f": clean-test mAUC {b['auc'].mean():.3f}, best noisy-validation epoch {b['epoch'].iloc[0]}" if len(b) else ''))
 
     def run(self, report_only:bool=False) -> pd.DataFrame:
@@ -578,7 +248,7 @@ class BenchRunner:
         count = lambda i: (i + 1, len(todo)) if lines else None
         if todo and lines:
             saved = len(self.grid) - len(todo)
-            _say(f"cxr_bench: {len(todo)} of {len(self.grid)} runs to do" + (f" ({saved} saved)" if saved else '')
+            log_line(f"cxr_bench: {len(todo)} of {len(self.grid)} runs to do" + (f" ({saved} saved)" if saved else '')
                  + (" in this process" if one else f" in {self.workers} worker processes, {nthreads} torch thread(s) each"))
         if todo and one:
             if self.threads: torch.set_num_threads(self.threads)
@@ -622,21 +292,20 @@ class BenchRunner:
         self.claims = claims_table(res, boot, self.boot_ap, pairs=pairs) if pairs else None   # seed-level verdicts
         if self.out is not None:
             cfg = dict(self.config(), seeds=list(self.seeds))
-            self._note_unfinished(write_report(res, self.out, config=cfg, groups=self.groups, curves=curves, claims=self.claims))
             ci = reference_deltas(boot, self.groups, self.all_methods)
-            if len(ci): ci.to_csv(self.out / 'deltas_ci.csv', index=False); self.deltas_ci = ci
-            (self.out / 'run.json').write_text(json.dumps(dict(
-                config=cfg, methods=list(self.methods), noise=list(self.noise), extra=[list(map(list, e)) for e in self.extra],
-                workers=self.workers, seconds=seconds, names=self.names,
-                failed=[self._stem(t) for t in self.failed], missing=[self._stem(t) for t in self.missing]), indent=1))
+            self.deltas_ci = ci if len(ci) else None
+            run = dict(config=cfg, methods=list(self.methods), noise=list(self.noise), extra=[list(map(list, e)) for e in self.extra],
+                       workers=self.workers, seconds=seconds, names=self.names,
+                       failed=[self._stem(t) for t in self.failed], missing=[self._stem(t) for t in self.missing])
+            self.folder.write(res, curves, self.claims, self.deltas_ci, run, groups=self.groups, notes=self._unfinished())
         if self.failed:
             where = f"tracebacks in {self.runs / 'failed'}" if self.runs is not None else f"the first:\n{next(iter(self.failed.values()))}"
             raise FailedRuns(f"{len(self.failed)} of {len(self.grid)} runs failed "
                              f"({', '.join(' | '.join(map(str, t)) for t in self.failed)}); the report has the other {len(ok)}; {where}", res)
         return res
 
-    def _note_unfinished(self, fn:Path, most:int=20):
-        "List the failed cells (and, reporting a grid still running, the missing ones) in the report `fn`, before its first section."
+    def _unfinished(self, most:int=20) -> list:
+        "Markdown lines on the failed cells (and, reporting a grid still running, the missing ones), for the report."
         add = []
         if self.failed:
             add += ["## Runs that failed", "", f"{len(self.failed)} of {len(self.grid)} runs failed; the tables leave them out. "
@@ -647,10 +316,7 @@ class BenchRunner:
             add += ["## Runs not saved yet", "", f"{len(self.missing)} of {len(self.grid)} runs are not in `runs/` yet:", ""]
             add += [f"- {' | '.join(map(str, t))}" for t in self.missing[:most]]
             add += ([f"- and {len(self.missing) - most} more"] if len(self.missing) > most else []) + [""]
-        if not add: return
-        text = fn.read_text()
-        at = text.find('\n## ') + 1 or len(text)
-        fn.write_text(text[:at] + '\n'.join(add) + '\n' + text[at:])
+        return add
 
 def run_bench(methods=('bce',), noise=('none',), seeds=(0,), out=None, workers:int=1, threads:int=None, resume:bool=False,
               report_only:bool=False, verbose:bool=False, cache_dir=None, save_probs:bool=False, regime:Regime=None,

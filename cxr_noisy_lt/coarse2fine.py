@@ -18,16 +18,25 @@ from fastai.vision.augment import AffineCoordTfm
 from fasttransform import Pipeline
 from fastai.callback.hook import num_features_model
 from fastai.torch_core import trainable_params
-from .labels import label_space
 from .data import dataset_frame, mixin_class, ItemIndexMixin
-from .learner import MaskedBCEWithLogits, param_device, ModelStateCallback, strip_train_state, pack_tensors, unpack_tensors
+from .losses import MaskedBCEWithLogits
+from .models import param_device
+from .train_modules import ModelStateCallback
+from .state import pack_tensors, unpack_tensors
+from .resume import strip_train_state
+from .boxes import BOX_COLS, check_boxes
+from .annotations import (cell_coverage, box_maps, gaze_maps, Annotations, register_phantom,
+                                      phantom_annotations)
+# defined in cxr_noisy_lt.boxes and cxr_noisy_lt.annotations, importable from here too
+_all_ = ['BOX_COLS', 'check_boxes', 'cell_coverage', 'box_maps', 'gaze_maps', 'Annotations', 'register_phantom',
+         'phantom_annotations']
 
 # %% auto #0
-__all__ = ['BOX_COLS', 'OBJECTIVES', 'CONTROLS', 'gaussian_kl', 'reparameterize', 'beta_schedule', 'check_boxes', 'cell_coverage',
-           'box_maps', 'gaze_maps', 'Annotations', 'CVOut', 'annotation_pool', 'annotated_features', 'is_norm',
-           'norm_only', 'split_point', 'lower_modules', 'lower_parameters', 'ScaledLinear', 'BodyHead', 'CVDistillNet',
-           'default_beta_max', 'cv_objective', 'SubsetDataset', 'ItemSubset', 'CoarseStageCallback',
-           'FineStageCallback', 'fit_coarse_to_fine', 'register_phantom', 'phantom_annotations']
+__all__ = ['OBJECTIVES', 'CONTROLS', 'gaussian_kl', 'reparameterize', 'beta_schedule', 'CVOut', 'annotation_pool',
+           'annotated_features', 'is_norm', 'norm_only', 'split_point', 'lower_modules', 'lower_parameters',
+           'ScaledLinear', 'BodyHead', 'CVDistillNet', 'default_beta_max', 'cv_objective', 'SubsetDataset',
+           'ItemSubset', 'CoarseStageCallback', 'FineStageCallback', 'fit_coarse_to_fine', 'BOX_COLS', 'check_boxes',
+           'cell_coverage', 'box_maps', 'gaze_maps', 'Annotations', 'register_phantom', 'phantom_annotations']
 
 # %% ../nbs/13_coarse2fine.ipynb #c43d6662
 def gaussian_kl(mu_q:torch.Tensor, logvar_q:torch.Tensor, mu_p:torch.Tensor, logvar_p:torch.Tensor) -> torch.Tensor:
@@ -50,111 +59,6 @@ def beta_schedule(pct:float, beta_max:float=1e-2, schedule:str='cyclical', n_cyc
         t = t - np.ceil(t) + 1 if t > 0 else 0.      # cycle k covers (k/n, (k+1)/n]: 1 at its end
     else: raise ValueError(f"schedule={schedule!r}: use 'cyclical', 'linear' or 'constant'")
     return float(beta_max) * min(1.0, t / ratio)
-
-# %% ../nbs/13_coarse2fine.ipynb #1880fe0c
-BOX_COLS = ('image', 'label', 'x0', 'y0', 'x1', 'y1')
-
-def check_boxes(boxes:pd.DataFrame, source:str='boxes') -> pd.DataFrame:
-    "Raise naming the column or row at fault unless `boxes` has columns image, label, x0, y0, x1, y1 with 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1."
-    if not isinstance(boxes, pd.DataFrame): raise TypeError(f"{source}: expected a DataFrame with columns {list(BOX_COLS)}")
-    missing = [c for c in BOX_COLS if c not in boxes.columns]
-    if missing: raise KeyError(f"{source}: missing column(s) {missing}; expected {list(BOX_COLS)}")
-    xy = boxes[['x0', 'y0', 'x1', 'y1']].apply(pd.to_numeric, errors='coerce').to_numpy(np.float64)
-    with np.errstate(invalid='ignore'):
-        bad = np.isnan(xy).any(1) | (xy < 0).any(1) | (xy > 1).any(1) | (xy[:, 2] < xy[:, 0]) | (xy[:, 3] < xy[:, 1])
-    if bad.any():
-        r = boxes.index[bad][0]
-        raise ValueError(f"{source}: row {r!r} is not a box in normalised coordinates (0 <= x0 <= x1 <= 1, "
-                         f"0 <= y0 <= y1 <= 1): {boxes.loc[r, ['x0', 'y0', 'x1', 'y1']].to_dict()}")
-    return boxes
-
-def cell_coverage(lo:float, hi:float, res:int) -> np.ndarray:
-    "Fraction of each of the `res` equal cells of [0, 1] that the interval [`lo`, `hi`] covers."
-    e = np.arange(res + 1) / res
-    return np.clip(np.minimum(hi, e[1:]) - np.maximum(lo, e[:-1]), 0, None) * res
-
-def box_maps(boxes:pd.DataFrame, images, res:int=32, classes=None, binary:bool=False) -> np.ndarray:
-    "Maps [len(images), K, res, res] of the boxes of `images` (ids as in `boxes['image']`): K=1, the union of all boxes, or one channel per class of `classes`."
-    check_boxes(boxes)
-    images = np.asarray(images)
-    space = None if classes is None else label_space(classes)
-    out = np.zeros((len(images), 1 if space is None else len(space), res, res), np.float32)
-    c = (np.arange(res) + 0.5) / res
-    cov = (lambda lo, hi: ((c >= lo) & (c <= hi)).astype(np.float32)) if binary else (lambda lo, hi: cell_coverage(lo, hi, res))
-    sel = boxes[boxes['image'].isin(images)]
-    rows = pd.Series(np.arange(len(images))).groupby(images).apply(list).to_dict()   # an image may be on several rows
-    for b in sel.itertuples(index=False):
-        m = np.outer(cov(b.y0, b.y1), cov(b.x0, b.x1))
-        ch = 0 if space is None else space.index(b.label)
-        for k in rows[b.image]: np.maximum(out[k, ch], m, out=out[k, ch])
-    return out
-
-def gaze_maps(gaze_index, gaze, res:int=32, source:str="column 'gaze'") -> np.ndarray:
-    "Maps [N, 1, res, res] from heat maps `gaze` [G, h, w] (uint8 or float), row i using map `gaze_index[i]` (-1: none, zeros)."
-    gi = np.asarray(gaze_index)
-    if gi.dtype.kind not in 'iu':
-        if not np.all(np.asarray(gi, np.float64) == np.round(np.asarray(gi, np.float64))):
-            raise ValueError(f"{source}: expected integer indices into the gaze maps (-1 for none)")
-        gi = gi.astype(np.int64)
-    gaze = np.asarray(gaze)
-    if gaze.ndim != 3: raise ValueError(f"gaze maps: expected an array [G, h, w], got shape {gaze.shape}")
-    bad = (gi < -1) | (gi >= len(gaze))
-    if bad.any(): raise IndexError(f"{source}: index {gi[bad][0]} (position {np.flatnonzero(bad)[0]}) is outside the {len(gaze)} gaze maps")
-    out = np.zeros((len(gi), 1, res, res), np.float32)
-    sel = np.flatnonzero(gi >= 0)
-    if len(sel):
-        t = torch.from_numpy(gaze[gi[sel]].astype(np.float32) / (255. if gaze.dtype == np.uint8 else 1.))[:, None]
-        if t.shape[-1] >= res and t.shape[-2] >= res: t = F.adaptive_avg_pool2d(t, res)     # area averages
-        else: t = F.interpolate(t, size=(res, res), mode='bilinear', align_corners=False)
-        out[sel] = t.numpy()
-    return out
-
-# %% ../nbs/13_coarse2fine.ipynb #b50f2b6e
-class Annotations:
-    "Object-level annotations: lesion `boxes` (image, label, x0, y0, x1, y1 in [0, 1]) and/or `gaze` heat maps [G, h, w], as maps on a `res` x `res` grid; `key` is the labels frame's column that names an image as `boxes['image']` does."
-    def __init__(self, boxes:pd.DataFrame=None, gaze=None, res:int=32, classes=None, binary:bool=False, key:str='image'):
-        if boxes is None and gaze is None: raise ValueError("Annotations: pass boxes, gaze maps or both")
-        if not isinstance(res, (int, np.integer)) or res < 1: raise ValueError(f"res={res!r}: expected a positive integer")
-        self.boxes = None if boxes is None else check_boxes(boxes)
-        self.gaze = gaze
-        if gaze is not None and np.ndim(gaze) != 3: raise ValueError(f"gaze maps: expected an array [G, h, w], got shape {np.shape(gaze)}")
-        self.res, self.binary, self.key = int(res), binary, key
-        self.classes = None if classes is None else label_space(classes)
-
-    @classmethod
-    def from_phantom(cls, ph, boxes:bool=True, gaze:bool=True, per_class:bool=False, **kwargs) -> 'Annotations':
-        "The annotations of phantom `ph` (`cxr_noisy_lt.phantom`): its boxes and/or gaze maps."
-        return cls(ph.boxes if boxes else None, ph.gaze if gaze else None, classes=ph.classes if per_class else None, **kwargs)
-
-    @property
-    def n_channels(self) -> int:
-        return (0 if self.boxes is None else 1 if self.classes is None else len(self.classes)) + (self.gaze is not None)
-
-    def _col(self, frame, c, what):
-        if c not in frame.columns:
-            fix = (f"; name the column whose values are boxes['image'], e.g. Annotations(boxes, key='Image Index')"
-                   if what == 'boxes' else '')
-            raise KeyError(f"labels frame: no {c!r} column, needed to find each image's {what}{fix}")
-        return frame[c].to_numpy()
-
-    def available(self, frame:pd.DataFrame) -> np.ndarray:
-        "Boolean [len(frame)]: rows with at least one box or a gaze map."
-        has = np.zeros(len(frame), bool)
-        if self.boxes is not None: has |= np.isin(self._col(frame, self.key, 'boxes'), self.boxes['image'].to_numpy())
-        if self.gaze is not None: has |= self._col(frame, 'gaze', 'gaze map') >= 0
-        return has
-
-    def maps(self, frame:pd.DataFrame) -> torch.Tensor:
-        "Float tensor [len(frame), n_channels, res, res]: box channel(s), then gaze."
-        parts = []
-        if self.boxes is not None:
-            parts.append(box_maps(self.boxes, self._col(frame, self.key, 'boxes'), self.res, self.classes, self.binary))
-        if self.gaze is not None: parts.append(gaze_maps(self._col(frame, 'gaze', 'gaze map'), self.gaze, self.res))
-        return torch.from_numpy(np.concatenate(parts, 1))
-
-    def __repr__(self):
-        return (f"Annotations(boxes={None if self.boxes is None else len(self.boxes)}, "
-                f"gaze={None if self.gaze is None else len(self.gaze)}, res={self.res}, channels={self.n_channels})")
 
 # %% ../nbs/13_coarse2fine.ipynb #a1895acf
 class CVOut(NamedTuple):
@@ -613,47 +517,3 @@ def fit_coarse_to_fine(learn, stage1_epochs:int=4, stage2_epochs:int=10, lr:floa
         try: learn.fit_one_cycle(stage2_epochs, ifnone(lr2, lr), cbs=fine)
         finally: fine.restore()
     return fine
-
-# %% ../nbs/13_coarse2fine.ipynb #88b76ac7
-_PHANTOMS = []
-
-def register_phantom(ph) -> None:
-    "Make phantom `ph`'s boxes and gaze available to `phantom_annotations` (and so to the benchmark's fit)."
-    if not any(p is ph for p in _PHANTOMS): _PHANTOMS.insert(0, ph)
-
-def _phantom_matches(ph, frame) -> bool:
-    idx = pd.to_numeric(frame['image'], errors='coerce').to_numpy()
-    if np.isnan(idx).any() or idx.min() < 0 or idx.max() >= len(ph.frame): return False
-    idx = idx.astype(np.int64)
-    return bool(np.array_equal(ph.frame['nih_image'].to_numpy()[idx].astype(str), frame['nih_image'].to_numpy().astype(str))
-                and np.array_equal(ph.frame['gaze'].to_numpy()[idx], frame['gaze'].to_numpy()))
-
-def phantom_annotations(dls_or_frame, size:int=None, seed:int=0, **kwargs) -> Annotations:
-    "Annotations (boxes and gaze) of the phantom a labels frame (or `DataLoaders` with `.frame`) comes from; `kwargs` go to `Annotations.from_phantom`."
-    ann = getattr(dls_or_frame, 'annotations', None)
-    if ann is not None: return ann
-    ph = getattr(dls_or_frame, 'phantom', None)
-    if ph is not None: return Annotations.from_phantom(ph, **kwargs)
-    frame = getattr(dls_or_frame, 'frame', dls_or_frame)
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError("phantom_annotations: pass a labels frame or DataLoaders made by cxr_dls (with .frame); for other "
-                        "data pass the annotations: fit_coarse_to_fine(learn, annotations=Annotations(boxes, key='Image Index'))")
-    missing = [c for c in ('image', 'nih_image', 'gaze') if c not in frame.columns]
-    if missing:
-        raise ValueError(f"phantom_annotations: the labels frame has no {missing} column(s): it is not a phantom's frame; "
-                         f"pass the annotations: fit_coarse_to_fine(learn, annotations=Annotations(boxes, key='Image Index')), "
-                         f"boxes a frame with columns {list(BOX_COLS)}, coordinates in [0, 1]")
-    for ph in _PHANTOMS:
-        if _phantom_matches(ph, frame): return Annotations.from_phantom(ph, **kwargs)
-    from cxr_noisy_lt.phantom import make_phantom
-    if size is None:
-        ds = getattr(getattr(dls_or_frame, 'train', None), 'dataset', None)
-        imgs = getattr(getattr(ds, 'ds', ds), 'images', None)
-        size = 64 if imgs is None else int(imgs.shape[-1])
-    n, n_gaze = len(frame), int((frame['gaze'] >= 0).sum())
-    gaze_frac = 0.1 if round(0.1 * n) == n_gaze else n_gaze / n
-    ph = make_phantom(n=n, size=size, seed=seed, gaze_frac=gaze_frac, progress=False)
-    if not _phantom_matches(ph, frame):
-        raise ValueError(f"phantom_annotations: the labels frame is not that of make_phantom(n={n}, size={size}, seed={seed}); "
-                         f"call register_phantom(ph) with its phantom first, or pass annotations= explicitly")
-    return Annotations.from_phantom(ph, **kwargs)

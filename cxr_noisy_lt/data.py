@@ -28,7 +28,7 @@ from .labels import label_space, check_labels, clean_col, LabelSpace, NIH14
 __all__ = ['SPLITS', 'toy_cxr', 'patient_split', 'check_patient_splits', 'read_image', 'CXRDataset', 'translate_mat',
            'cxr_aug_transforms', 'CXRDataLoader', 'cxr_dls', 'test_dl', 'ItemIndexMixin', 'TakeIndex', 'mixin_class',
            'base_loader', 'carries_item_index', 'with_item_index', 'attach_item_index', 'detach_item_index',
-           'batch_index', 'dataset_targets', 'dataset_frame']
+           'batch_index', 'dataset_targets', 'train_labels', 'dataset_frame']
 
 # %% ../nbs/03_data.ipynb #507efeea
 def _toy_shape(img, k, cx, cy, r):
@@ -145,10 +145,11 @@ class CXRDataset(torch.utils.data.Dataset):
     "Rows of a labels frame as items (image [1,H,W] in [0,1], target [C] with NaN, idx)."
     n_inp = 1
     def __init__(self, frame:pd.DataFrame, classes='nih14', images=None, label_cols=None, size:int=None,
-                 path=None, reader=None, check_files:bool=True, source:str='labels frame'):
+                 path=None, reader=None, check_files:bool=True, source:str='labels frame',
+                 checked:bool=False):   # the caller has checked the label columns of `frame` (as `cxr_dls` does, once)
         self.classes, self.source = label_space(classes), source
         self.label_cols = _label_cols(self.classes, label_cols)
-        check_labels(frame, self.classes, source=source, cols=self.label_cols)
+        if not checked: check_labels(frame, self.classes, source=source, cols=self.label_cols)
         if 'image' not in frame.columns: raise KeyError(f"{source}: missing the 'image' column; it has {list(frame.columns)}")
         self.frame = frame
         self.targets = torch.tensor(np.stack([pd.to_numeric(frame[c]).to_numpy(np.float32) for c in self.label_cols], 1)
@@ -280,7 +281,7 @@ def cxr_dls(frame:pd.DataFrame, classes='nih14', images=None, bs:int=64, label_c
     check_labels(frame, classes, cols=_label_cols(classes, label_cols))
     if 'patient' in frame.columns and 'split' in frame.columns: check_patient_splits(frame)
     dss = [CXRDataset(_split_rows(frame, s), classes, images, label_cols, size, path, reader, check_files,
-                      source=f"labels frame (split {s!r})") for s in splits]
+                      source=f"labels frame (split {s!r})", checked=True) for s in splits]
     if stats is None: stats = _pixel_stats(dss[0])
     norm = Normalize.from_stats(*stats, cuda=False)
     if aug is True: aug = cxr_aug_transforms()
@@ -466,6 +467,11 @@ def dataset_targets(ds) -> np.ndarray:
         ys = [ds[i][1] for i in range(len(ds))]
     if not ys: return np.zeros((0, 0))
     return np.stack([np.asarray(y.detach().cpu() if hasattr(y, 'detach') else y, dtype=np.float64) for y in ys])
+
+def train_labels(dls) -> np.ndarray:
+    "Labels [N, C] (NaN = unknown) of the training items: `dataset_targets` of `dls.train_ds`, or of `dls.dataset` for one loader (fastai's or PyTorch's)."
+    ds = getattr(dls, 'train_ds', None)
+    return dataset_targets(dls.dataset if ds is None else ds)
 
 def dataset_frame(ds, who:str='this method') -> pd.DataFrame:
     "The rows of the DataFrame behind dataset `ds`, in the order of its items: `ds.frame` (`CXRDataset`), or the items of a fastai `Datasets` made from a DataFrame."

@@ -17,13 +17,15 @@ from fastai.torch_core import to_device
 import pytorch_grad_cam as pgc
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from .data import test_dl
-from .learner import param_device
+from .models import param_device
+from .boxes import BOX_COLS, check_boxes, draw_box, name_boxes
+_all_ = ['check_boxes']   # defined in cxr_noisy_lt.boxes, importable from here too
 
 # %% auto #0
 __all__ = ['CAM_METHODS', 'model_name', 'default_target_layer', 'target_layers', 'cam_method', 'class_indices', 'gradcam_maps',
-           'cam_inputs', 'gradcam_images', 'check_boxes', 'map_peaks', 'show_gradcam', 'box_hits', 'pointing_game',
-           'box_masks', 'localisation_scores', 'localisation_summary', 'map_resolution', 'random_maps', 'localisation',
-           'random_localisation', 'compare_localisation']
+           'cam_inputs', 'gradcam_images', 'map_peaks', 'show_gradcam', 'box_hits', 'pointing_game', 'box_masks',
+           'localisation_scores', 'localisation_summary', 'map_resolution', 'random_maps', 'localisation',
+           'random_localisation', 'compare_localisation', 'check_boxes']
 
 # %% ../nbs/22_gradcam.ipynb #d6671fc6
 def model_name(model:nn.Module) -> str:
@@ -197,14 +199,6 @@ def gradcam_images(learn:Learner, idxs, classes=None, dl=None, split:str='test',
     return r
 
 # %% ../nbs/22_gradcam.ipynb #7d56361b
-from .coarse2fine import BOX_COLS    # the phantom's box columns, defined once
-
-def check_boxes(boxes:pd.DataFrame, cols=BOX_COLS) -> pd.DataFrame:
-    "Check that `boxes` has the box columns `cols`; the error names the missing ones."
-    missing = [c for c in cols if c not in boxes.columns]
-    if missing: raise KeyError(f"boxes frame: missing columns {missing}; it has {list(boxes.columns)}")
-    return boxes
-
 def map_peaks(maps:np.ndarray, eps:float=1e-6) -> np.ndarray:
     "(x, y) in fractions of the image size where each map [..., H, W] peaks; NaN for a constant map."
     maps = np.asarray(maps, dtype=np.float64)
@@ -223,25 +217,6 @@ def map_peaks(maps:np.ndarray, eps:float=1e-6) -> np.ndarray:
         pts[n] = (c + 0.5) / W, (r + 0.5) / H
     return pts.reshape(maps.shape[:-2] + (2,))
 
-def _draw_box(ax, b, H, W, color):
-    ax.add_patch(plt.Rectangle((b.x0 * W - 0.5, b.y0 * H - 0.5), (b.x1 - b.x0) * W, (b.y1 - b.y0) * H, fill=False, ec=color, lw=1.5))
-
-def _name_boxes(ax, boxes, H, W, fontsize=9):
-    "Write each box's label in full at a corner of the box, white on black, moved off the names already written."
-    rend, placed = ax.figure.canvas.get_renderer(), []
-    for b in boxes.itertuples():
-        right, above = b.x0 > .5, b.y0 > .12                 # above the box unless it touches the image's top
-        t = ax.text((b.x1 if right else b.x0) * W - 0.5, (b.y0 if above else b.y1) * H - 0.5, str(b.label),
-                    ha='right' if right else 'left', va='bottom' if above else 'top', color='white', fontsize=fontsize,
-                    clip_on=True, bbox=dict(boxstyle='square,pad=0.15', fc='black', ec='none', alpha=.7))
-        for _ in range(8):
-            bb = t.get_window_extent(rend).expanded(1.05, 1.2)
-            hit = next((p for p in placed if bb.overlaps(p)), None)
-            if hit is None: break
-            px, py = ax.transData.transform(t.get_position())
-            t.set_y(ax.transData.inverted().transform((px, py + (hit.y1 - bb.y0 + 1 if above else hit.y0 - bb.y1 - 1)))[1])
-        placed.append(t.get_window_extent(rend).expanded(1.05, 1.2))
-
 def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=None, targets=None, alpha:float=0.5,
                  cmap:str='jet', ncols:int=3, size:float=3.4, title:str=None, axs=None, by_prob:bool=True):
     "Image `img` [H, W], then `img` under each map of `maps` [K, H, W] (one per class, times its probability), with the peak, `boxes` and a colourbar."
@@ -253,7 +228,7 @@ def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=
         raise ValueError(f"show_gradcam: maps have shape {maps.shape}; expected [{len(classes)}, {img.shape[0]}, {img.shape[1]}] "
                          f"(one map per class, at the image's size)")
     if boxes is not None:
-        check_boxes(boxes, BOX_COLS if image is not None else BOX_COLS[1:])
+        check_boxes(boxes, cols=BOX_COLS if image is not None else BOX_COLS[1:])
         if image is not None: boxes = boxes[boxes['image'] == image]
     H, W = img.shape
     n = 1 + len(classes)
@@ -266,7 +241,7 @@ def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=
     axs[0].imshow(img, cmap='gray', vmin=0, vmax=1)
     axs[0].set_title(title if title is not None else ('' if image is None else f"image {image}"), fontsize=10)
     if boxes is not None:
-        for b in boxes.itertuples(): _draw_box(axs[0], b, H, W, 'r')
+        for b in boxes.itertuples(): draw_box(axs[0], b, W, H, 'r')
     weight = np.asarray(probs, dtype=np.float32) if probs is not None and by_prob else np.ones(len(classes), np.float32)
     peaks = map_peaks(maps)
     for k, (c, ax) in enumerate(zip(classes, axs[1:])):
@@ -274,7 +249,7 @@ def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=
         ax.imshow(maps[k] * weight[k], cmap=cmap, alpha=alpha, vmin=0, vmax=1)
         if np.isfinite(peaks[k]).all(): ax.plot(peaks[k, 0] * W - 0.5, peaks[k, 1] * H - 0.5, '+', color='white', ms=9, mew=2)
         if boxes is not None:
-            for b in boxes[boxes['label'] == c].itertuples(): _draw_box(ax, b, H, W, 'white')
+            for b in boxes[boxes['label'] == c].itertuples(): draw_box(ax, b, W, H, 'white')
         t = c
         if probs is not None: t += f"\np = {float(probs[k]):.2f}"
         if targets is not None:
@@ -289,7 +264,7 @@ def show_gradcam(img, maps, classes, boxes:pd.DataFrame=None, image=None, probs=
         cb.ax.tick_params(labelsize=9)
     if boxes is not None and len(boxes):
         fig.canvas.draw()                                    # the final layout, where the names are placed
-        _name_boxes(axs[0], boxes, H, W)
+        name_boxes(axs[0], boxes, W, H)
     return axs
 
 # %% ../nbs/22_gradcam.ipynb #ffda278f

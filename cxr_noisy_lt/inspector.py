@@ -18,11 +18,13 @@ from sklearn.model_selection import GroupKFold
 from .labels import label_space, clean_col, check_labels
 from .noise import noise_report
 from .learner import predict_split
-from .bench import Regime, build_learner, get_method
-from .widgets import set_output
+from .boxes import draw_boxes
+from .methods import get_method
+from .run import Regime, build_learner
+from .widgets.core import set_output, busy
 
 # %% auto #0
-__all__ = ['MATRIX_COLS', 'ALL', 'label_matrix', 'plot_label_matrix', 'entry_labels', 'label_errors', 'EntryLoss',
+__all__ = ['MATRIX_COLS', 'ALL', 'HIT', 'MISS', 'label_matrix', 'plot_label_matrix', 'entry_labels', 'label_errors', 'EntryLoss',
            'SkipValidation', 'fit_recorded', 'cross_fit', 'Flags', 'vote_flags', 'memory_flags', 'loss_flags',
            'cleanlab_flags', 'top_flags', 'flag_scores', 'compare_flaggers', 'flagged_entries', 'show_flagged',
            'inspector_view', 'noise_inspector']
@@ -280,26 +282,35 @@ def flagged_entries(flags:Flags, rows:pd.DataFrame, classes, cls:str=None) -> pd
 
 def _lab(v) -> str: return '?' if np.isnan(v) else str(int(v))
 
+HIT, MISS = '#0072B2', '#D55E00'     # a flag on a wrong label, on a right one: blue and vermilion, told apart without colour too
+
+def _mark(ax, wrong:bool):
+    "Frame a tile: a thick solid blue frame for a right flag (the given label is wrong), a dashed vermilion one for a wrong flag."
+    ax.axis('on'); ax.set_xticks([]); ax.set_yticks([])
+    for sp in ax.spines.values():
+        sp.set_color(HIT if wrong else MISS); sp.set_linewidth(4 if wrong else 2.5); sp.set_linestyle('-' if wrong else '--')
+
 def show_flagged(entries:pd.DataFrame, images, n:int=12, ncols:int=6, size:float=1.9, boxes:pd.DataFrame=None, title:str=None):
-    "A gallery of the first `n` of `entries` (see `flagged_entries`): each image with class, given and clean label; green where the given label is wrong, red where it is right."
+    """A gallery of the first `n` of `entries` (see `flagged_entries`): each image with class, given and clean label; where
+    the truth is known, "✓ wrong label" in a thick solid blue frame (a right flag) or "✗ right label" in a dashed vermilion one."""
     e = entries.head(n)
     nc = max(1, min(ncols, len(e))); nr = max(1, -(-len(e) // nc))
-    fig, axs = plt.subplots(nr, nc, figsize=(max(size * nc, 4.5), (size + .5) * nr + .55), squeeze=False, layout='constrained')
+    fig, axs = plt.subplots(nr, nc, figsize=(max(size * nc, 4.5), (size + .75) * nr + .7), squeeze=False, layout='constrained')
     for ax in axs.flat: ax.axis('off')
     for ax, r in zip(axs.flat, e.to_dict('records')):
         img = np.asarray(images[int(r['image'])])
         ax.imshow(img, cmap='gray', vmin=0, vmax=255 if img.dtype == np.uint8 else 1)
         if boxes is not None:
             H, W = img.shape[-2:]
-            for b in boxes[(boxes['image'] == r['image']) & (boxes['label'] == r['class'])].itertuples():
-                ax.add_patch(plt.Rectangle((b.x0 * W - .5, b.y0 * H - .5), (b.x1 - b.x0) * W, (b.y1 - b.y0) * H,
-                                           fill=False, ec='yellow', lw=1.2))
+            draw_boxes(ax, boxes[(boxes['image'] == r['image']) & (boxes['label'] == r['class'])], W, H, 'yellow', 1.2)
         wrong = r.get('wrong', np.nan)
-        ax.set_title(f"{r['image']}: {r['class']}\ngiven {_lab(r['given'])}" + (f", clean {_lab(r['clean'])}" if 'clean' in r else ''),
-                     fontsize=8, color='black' if np.isnan(wrong) else ('tab:green' if wrong else 'tab:red'))
+        verdict = '' if np.isnan(wrong) else ('\n✓ wrong label' if wrong else '\n✗ right label')
+        ax.set_title(f"{r['image']}: {r['class']}\ngiven {_lab(r['given'])}" + (f", clean {_lab(r['clean'])}" if 'clean' in r else '')
+                     + verdict, fontsize=9)
+        if not np.isnan(wrong): _mark(ax, bool(wrong))
     if not len(e): axs[0, 0].text(.5, .5, 'nothing flagged', ha='center', va='center', fontsize=10, transform=axs[0, 0].transAxes)
-    key = ['green: the given label is wrong (a right flag), red: it is right' if 'wrong' in e.columns else '',
-           'yellow: the boxes of the finding' if boxes is not None else '']
+    key = ['✓ in a solid blue frame: the given label is wrong (a right flag); ✗ in a dashed vermilion frame: it is right'
+           if 'wrong' in e.columns else '', 'yellow: the boxes of the finding' if boxes is not None else '']
     fig.suptitle('\n'.join(s for s in [title] + key if s), fontsize=9)
     return fig
 
@@ -330,6 +341,7 @@ def noise_inspector(flaggers:dict, rows:pd.DataFrame, classes, images, n:int=12,
                     cls=widgets.Dropdown(options=[ALL] + classes, description='class'))
     out = widgets.Output()
     def update(change=None):
+        set_output(out, busy())                                    # no stale gallery while the new one is drawn
         set_output(out, *inspector_view(flaggers, rows, classes, images, controls['flagger'].value, controls['cls'].value, n, boxes))
     for c in controls.values(): c.observe(update, names='value')
     box = widgets.VBox([widgets.HBox(list(controls.values())), out])

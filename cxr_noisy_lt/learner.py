@@ -4,105 +4,45 @@
 
 # %% ../nbs/05_learner.ipynb #a7bc536b
 from __future__ import annotations
-import base64, ctypes, json, os, platform, random, socket, sys, weakref
-from types import MethodType
-from pathlib import Path
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torch.distributed as dist
-import timm
-from timm.models import register_model, build_model_with_cfg
-from timm.models.resnet import ResNet, BasicBlock
 from fastcore.basics import ifnone
-from fastcore.foundation import L
-from fastai.callback.core import Callback
 from fastai.callback.channelslast import ChannelsLast
-from fastai.learner import Learner, SkipToEpoch
-from fastai.torch_core import get_model
+from fastai.learner import Learner
 from fastai.optimizer import Adam
 from fastai.metrics import Metric
 import fastai.callback.schedule  # fit_one_cycle, lr_find
 from .data import cxr_dls, test_dl, CXRDataLoader
+from .losses import label_mask, masked_reduce, MaskedBCEWithLogits
+from .models import cxr_model, n_outputs, narrow_resnet10, narrow_resnet10_os8, param_device
+from .cpu_memory import keep_cpu_memory
+from .distributed import (is_distributed, collective_device, all_gather_cat, check_same_data, distributed_setup,
+                                      item_writes, all_reduce_mean_)
+from .train_modules import (add_to_opt, remove_from_opt, ModelStateCallback, train_only_keys, classifier_of,
+                                        feature_size, HeadInput)
+from .state import rng_state, set_rng_state, encode_state, decode_state, pack_tensors, unpack_tensors
+from .resume import (TRAIN_STATE_KEY, resumed_epoch, train_items, loss_name, learner_fingerprint, fingerprint_diff,
+                                 TrainState, train_state_of, strip_train_state, TrainStateCallback)
+# defined in the modules above, importable from here as before
+_all_ = ['label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'n_outputs', 'narrow_resnet10', 'narrow_resnet10_os8',
+         'param_device', 'keep_cpu_memory', 'is_distributed', 'collective_device', 'all_gather_cat', 'check_same_data',
+         'distributed_setup', 'item_writes', 'all_reduce_mean_', 'add_to_opt', 'remove_from_opt', 'ModelStateCallback',
+         'train_only_keys', 'classifier_of', 'feature_size', 'HeadInput', 'rng_state', 'set_rng_state', 'encode_state',
+         'decode_state', 'pack_tensors', 'unpack_tensors', 'TRAIN_STATE_KEY', 'resumed_epoch', 'train_items', 'loss_name',
+         'learner_fingerprint', 'fingerprint_diff', 'TrainState', 'train_state_of', 'strip_train_state', 'TrainStateCallback']
 
 # %% auto #0
-__all__ = ['TRAIN_STATE_KEY', 'label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'n_outputs', 'cxr_learner',
-           'narrow_resnet10', 'narrow_resnet10_os8', 'keep_cpu_memory', 'predict_split', 'param_device', 'add_to_opt',
-           'remove_from_opt', 'ModelStateCallback', 'train_only_keys', 'rng_state', 'set_rng_state', 'encode_state',
-           'decode_state', 'pack_tensors', 'unpack_tensors', 'resumed_epoch', 'train_items', 'loss_name',
+__all__ = ['cxr_learner', 'predict_split', 'label_mask', 'masked_reduce', 'MaskedBCEWithLogits', 'cxr_model', 'n_outputs',
+           'narrow_resnet10', 'narrow_resnet10_os8', 'param_device', 'keep_cpu_memory', 'is_distributed',
+           'collective_device', 'all_gather_cat', 'check_same_data', 'distributed_setup', 'item_writes',
+           'all_reduce_mean_', 'add_to_opt', 'remove_from_opt', 'ModelStateCallback', 'train_only_keys',
+           'classifier_of', 'feature_size', 'HeadInput', 'rng_state', 'set_rng_state', 'encode_state', 'decode_state',
+           'pack_tensors', 'unpack_tensors', 'TRAIN_STATE_KEY', 'resumed_epoch', 'train_items', 'loss_name',
            'learner_fingerprint', 'fingerprint_diff', 'TrainState', 'train_state_of', 'strip_train_state',
-           'TrainStateCallback', 'is_distributed', 'collective_device', 'all_gather_cat', 'check_same_data',
-           'distributed_setup', 'item_writes', 'all_reduce_mean_', 'classifier_of', 'feature_size', 'HeadInput']
-
-# %% ../nbs/05_learner.ipynb #71739362
-def label_mask(target:torch.Tensor):
-    "(mask of known labels, `target` with NaN replaced by 0)."
-    mask = ~torch.isnan(target)
-    return mask, torch.where(mask, target, torch.zeros_like(target))
-
-def masked_reduce(loss:torch.Tensor, mask:torch.Tensor, reduction:str='mean'):
-    "Reduce elementwise `loss` over the entries where `mask` is true: 'mean' over them, 'sum', or 'none' (zeros elsewhere)."
-    loss = torch.where(mask, loss, torch.zeros_like(loss))
-    if reduction == 'none': return loss
-    if reduction == 'sum': return loss.sum()
-    if reduction == 'mean': return loss.sum() / mask.sum().clamp(min=1)
-    raise ValueError(f"reduction={reduction!r}: use 'mean', 'sum' or 'none'")
-
-class MaskedBCEWithLogits(nn.Module):
-    "Binary cross-entropy on logits that ignores NaN targets; 'mean' averages over the known labels."
-    def __init__(self, pos_weight=None, reduction:str='mean'):
-        super().__init__()
-        if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"reduction={reduction!r}: use 'mean', 'sum' or 'none'")
-        self.reduction = reduction
-        self.register_buffer('pos_weight', None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
-
-    def forward(self, logits, target, *extra):
-        if logits.shape != target.shape:
-            raise ValueError(f"MaskedBCEWithLogits: the model gives {logits.shape[-1]} outputs per image but the target has "
-                             f"{target.shape[-1]} classes (logits {tuple(logits.shape)}, target {tuple(target.shape)}); "
-                             f"the model needs one output per class of the data")
-        mask, t = label_mask(target)
-        pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-        loss = F.binary_cross_entropy_with_logits(logits, t.to(logits.dtype), pos_weight=pw, reduction='none')
-        return masked_reduce(loss, mask, self.reduction)
-
-    def activation(self, x): return torch.sigmoid(x)
-    def decodes(self, x): return x > 0.5
+           'TrainStateCallback']
 
 # %% ../nbs/05_learner.ipynb #5dd3f0b8
-def _hub_reachable(host:str, timeout:float=3.) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout): return True
-    except OSError: return False
-
-def _pretrained_kwargs(arch:str, pretrained) -> dict:
-    "Keyword arguments for `timm.create_model` so that `pretrained` weights load, or a clear error why they cannot."
-    if not pretrained: return dict(pretrained=False)
-    if isinstance(pretrained, (str, Path)):
-        if not Path(pretrained).exists(): raise FileNotFoundError(f"pretrained weights file not found: {pretrained}")
-        return dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained)))
-    cfg = timm.models.get_pretrained_cfg(arch)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise ValueError(f"timm has no pretrained weights for {arch!r}; use pretrained=False")
-    if cfg.hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-        repo = cfg.hf_hub_id.split('@')[0]
-        for f in ('model.safetensors', 'pytorch_model.bin'):     # cached: load the file, no network round trip
-            fn = try_to_load_from_cache(repo, f)
-            if isinstance(fn, str): return dict(pretrained=True, pretrained_cfg_overlay=dict(file=fn))
-        if os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', '', 'false', 'False') or not _hub_reachable('huggingface.co'):
-            raise RuntimeError(f"pretrained weights for {arch!r} ({repo}) are not in the local Hugging Face cache and "
-                               f"huggingface.co cannot be reached; use pretrained=False or pass the path of a weights file")
-    elif cfg.url:
-        ckpt = Path(torch.hub.get_dir())/'checkpoints'/Path(cfg.url).name
-        if ckpt.exists(): return dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)))
-        if not _hub_reachable(cfg.url.split('/')[2]):
-            raise RuntimeError(f"pretrained weights for {arch!r} are not at {ckpt} and {cfg.url} cannot be reached; "
-                               f"use pretrained=False or pass the path of a weights file")
-    return dict(pretrained=True)
-
 def _default_metrics(classes=None):
     "The mean AUC of `cxr_noisy_lt.metrics`, if that module provides it."
     try: from cxr_noisy_lt import metrics as M
@@ -116,17 +56,6 @@ def _default_metrics(classes=None):
     except TypeError: return [m()]
 
 # %% ../nbs/05_learner.ipynb #a46809eb
-def cxr_model(arch:str='resnet18', n_out:int=14, pretrained=False, in_chans:int=1, **kwargs) -> nn.Module:
-    "A timm model `arch` with `in_chans` input channels and `n_out` outputs."
-    return timm.create_model(arch, in_chans=in_chans, num_classes=n_out, **_pretrained_kwargs(arch, pretrained), **kwargs)
-
-def n_outputs(model:nn.Module) -> int|None:
-    "How many outputs `model` gives, where it says: the `out_features` of timm's `get_classifier()`, or `num_classes`; else None."
-    clf = model.get_classifier() if callable(getattr(model, 'get_classifier', None)) else None
-    if isinstance(clf, nn.Linear): return clf.out_features
-    n = getattr(model, 'num_classes', None)
-    return n if isinstance(n, int) else None
-
 def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False, metrics=None, opt_func=Adam,
                 model_kwargs:dict=None, train_state:bool=True, channels_last:bool=True, **kwargs) -> Learner:
     """A fastai `Learner` with a one-channel timm model `arch` (or a given `nn.Module`) and the masked BCE loss; with `train_state`,
@@ -155,45 +84,6 @@ def cxr_learner(dls, arch='resnet18', loss_func=None, cbs=None, pretrained=False
         learn.add_cb(ChannelsLast())
     return learn
 
-# %% ../nbs/05_learner.ipynb #7b2421c5
-_NARROW_CFG = dict(architecture='narrow_resnet10', num_classes=14, input_size=(1, 64, 64), mean=(0.5,), std=(0.25,),
-                   first_conv='conv1', classifier='fc', pool_size=(2, 2), crop_pct=1.0, interpolation='bilinear')
-
-def narrow_resnet10(pretrained:bool=False, **kwargs) -> nn.Module:
-    "timm's `ResNet` with one `BasicBlock` per stage, channels (16, 32, 64, 128) and a 16-channel stem (kwargs override)."
-    if pretrained: raise ValueError("narrow_resnet10 has no pretrained weights; use pretrained=False")
-    kwargs.pop('pretrained_cfg_overlay', None)
-    cfg = kwargs.pop('pretrained_cfg', None) or dict(_NARROW_CFG)
-    args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16) | kwargs
-    return build_model_with_cfg(ResNet, 'narrow_resnet10', False, pretrained_cfg=cfg, **args)
-
-def narrow_resnet10_os8(pretrained:bool=False, **kwargs) -> nn.Module:
-    "`narrow_resnet10` with output stride 8 (dilated stages 3 and 4): an 8 x 8 feature map at 64 px."
-    return narrow_resnet10(pretrained, **(dict(output_stride=8) | kwargs))
-
-for _f in (narrow_resnet10, narrow_resnet10_os8):
-    if not timm.models.is_model(_f.__name__): register_model(_f)
-
-# %% ../nbs/05_learner.ipynb #c7a1e0f2
-_CPU_MEMORY = {}
-_MALLOC_ENV = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_')
-
-def keep_cpu_memory(mmap_threshold:int=32 << 20, trim_threshold:int=1 << 30) -> bool:
-    """Let glibc's allocator keep freed memory for reuse instead of returning it to the system after every step
-    (`mallopt` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); once per process. Whether the settings are in force."""
-    if 'ok' in _CPU_MEMORY: return _CPU_MEMORY['ok']
-    ok = False
-    env_set = any(k in os.environ for k in _MALLOC_ENV) or 'glibc.malloc' in os.environ.get('GLIBC_TUNABLES', '')
-    if (sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc' and not env_set
-            and os.environ.get('CXR_KEEP_CPU_MEMORY', '1') != '0'):
-        try:
-            libc = ctypes.CDLL('libc.so.6')
-            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-            ok = bool(libc.mallopt(M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(trim_threshold)))
-        except (OSError, AttributeError): ok = False
-    _CPU_MEMORY['ok'] = ok
-    return ok
-
 # %% ../nbs/05_learner.ipynb #e0122861
 def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, model:nn.Module=None, bs:int=None):
     "(probabilities [N, C], targets [N, C], frame rows) of `split` of `frame` (or of a `DataLoader` passed as `frame`)."
@@ -215,425 +105,3 @@ def predict_split(learn:Learner, frame=None, split:str='test', label_cols=None, 
                 targs[idx.cpu().numpy()] = y.cpu().numpy()
     finally: model.train(was_training)
     return probs, targs, dl.dataset.frame
-
-# %% ../nbs/05_learner.ipynb #a82007ad
-def param_device(model:nn.Module) -> torch.device:
-    "The device of `model`'s first parameter (the CPU for a model without parameters)."
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device('cpu')
-
-def add_to_opt(learn:Learner, module:nn.Module):
-    "Add the parameters of `module` missing from `learn.opt` (if it exists) to its last group, with empty state."
-    opt = getattr(learn, 'opt', None)
-    if opt is None: return
-    have = {id(p) for pg in opt.param_lists for p in pg}
-    new = [p for p in module.parameters() if id(p) not in have]
-    if not new: return
-    opt.param_lists[-1] = L(list(opt.param_lists[-1]) + new)
-    for p in new: opt.state[p] = {}
-
-def remove_from_opt(learn:Learner, module:nn.Module):
-    "Remove the parameters of `module` from `learn.opt`, if it exists and holds any."
-    opt = getattr(learn, 'opt', None)
-    if opt is None: return
-    ids = {id(p) for p in module.parameters()}
-    if any(id(p) in ids for pg in opt.param_lists for p in pg):
-        opt.param_lists = L(L(p for p in pg if id(p) not in ids) for pg in opt.param_lists)
-
-class ModelStateCallback(Callback):
-    "Base of callbacks that keep training-only modules on `learn.model`: `attach()` runs as soon as the callback joins a `Learner`."
-    model_key:str = None     # name of the child of the model that holds the callback's modules
-    needs_dls:bool = False   # attach only once the learner has `dls` too
-
-    @property
-    def learn(self): return self.__dict__.get('_learn')
-    @learn.setter
-    def learn(self, learner):
-        self.__dict__['_learn'] = learner
-        if learner is None or getattr(learner, 'model', None) is None: return
-        if self.needs_dls and getattr(learner, 'dls', None) is None: return
-        self.attach()
-
-    def attach(self):
-        "Attach this callback's modules to `learn.model` (or check the ones there)."
-        raise NotImplementedError(f"{type(self).__name__} must define attach()")
-
-    @classmethod
-    def rebuild(cls, model:nn.Module, state_dict:dict, prefix:str='') -> list:
-        "Modules this class keeps that the checkpoint `state_dict` (entries under `prefix`) holds and `model` lacks, re-created on `model` from their shapes; none by default."
-        return []
-
-    def attach_module(self, name:str, make, check=None, parent:nn.Module=None) -> nn.Module:
-        "Child `name` of `parent` (default `learn.model`): the one there, after `check(module)`, else `make()` moved to the model's device."
-        model = self.learn.model
-        parent = ifnone(parent, model)
-        m = parent._modules.get(name)
-        if m is None:
-            m = make().to(param_device(model))
-            parent.add_module(name, m)
-        elif check is not None: check(m)
-        return m
-
-def train_only_keys() -> set:
-    "The `model_key`s of all `ModelStateCallback` classes: names of children of a model that only training uses."
-    keys, todo = set(), [ModelStateCallback]
-    while todo:
-        c = todo.pop()
-        todo += c.__subclasses__()
-        if c.model_key: keys.add(c.model_key)
-    return keys
-
-# %% ../nbs/05_learner.ipynb #fd5d1bf7
-TRAIN_STATE_KEY = 'train_state'   # name of the training state inside the model (state-dict entry `train_state._extra_state`)
-
-def _loader_rng(dl) -> random.Random|None:
-    "The `random.Random` that shuffles `dl` (for a distributed loader, that of the loader it wraps)."
-    while dl is not None:
-        r = vars(dl).get('rng')
-        if isinstance(r, random.Random): return r
-        dl = vars(dl).get('dl')
-    return None
-
-def _py_state(s): return (int(s[0]), tuple(int(v) for v in s[1]), s[2])
-
-def _bytes(t:torch.Tensor) -> bytes: return t.cpu().numpy().tobytes()
-def _byte_tensor(b:bytes) -> torch.Tensor: return torch.frombuffer(bytearray(b), dtype=torch.uint8)
-
-def rng_state(dl=None) -> dict:
-    "State of the random generators that decide data order and augmentation: torch's (CPU and CUDA), Python's, NumPy's and the training loader `dl`'s own; plain Python values."
-    _, keys, pos, has_gauss, gauss = np.random.get_state()
-    cuda = [_bytes(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    r = _loader_rng(dl)
-    return dict(torch=_bytes(torch.get_rng_state()), cuda=cuda, python=random.getstate(),
-                numpy=(tuple(int(k) for k in keys), int(pos), int(has_gauss), float(gauss)),
-                loader=None if r is None else r.getstate())
-
-def set_rng_state(state:dict, dl=None):
-    "Restore the generators from `rng_state(dl)`; the loader's only if `dl` is given."
-    torch.set_rng_state(_byte_tensor(state['torch']))
-    cuda = state.get('cuda')
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_byte_tensor(s) for s in cuda])
-    random.setstate(_py_state(state['python']))
-    keys, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state(('MT19937', np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    r = _loader_rng(dl)
-    if r is not None and state.get('loader') is not None: r.setstate(_py_state(state['loader']))
-
-def _to_json(o):
-    if isinstance(o, bytes): return {'__bytes__': base64.b64encode(o).decode('ascii')}
-    if isinstance(o, dict): return {k: _to_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_to_json(v) for v in o]
-    return o
-
-def _from_json(o):
-    if isinstance(o, dict): return base64.b64decode(o['__bytes__']) if set(o) == {'__bytes__'} else {k: _from_json(v) for k, v in o.items()}
-    if isinstance(o, list): return [_from_json(v) for v in o]
-    return o
-
-def encode_state(obj) -> torch.Tensor:
-    "`obj` (dicts, lists, numbers, strings, bytes) as a uint8 tensor of JSON text: a state-dict entry like any other, which `weights_only` loading accepts."
-    return torch.frombuffer(bytearray(json.dumps(_to_json(obj)).encode()), dtype=torch.uint8)
-
-def decode_state(t:torch.Tensor):
-    "The object `encode_state` made `t` from (tuples come back as lists)."
-    return _from_json(json.loads(bytes(t.cpu().numpy().tobytes()).decode()))
-
-def pack_tensors(tensors) -> torch.Tensor:
-    "The raw bytes of `tensors`, one after the other, as one uint8 tensor."
-    parts = [t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for t in tensors]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
-
-def unpack_tensors(buf:torch.Tensor, tensors):
-    "Copy into `tensors` (in place) the bytes `pack_tensors` made of tensors of the same shapes and types."
-    buf, off = buf.cpu(), 0
-    for t in tensors:
-        n = t.numel() * t.element_size()
-        t.copy_(buf[off:off + n].clone().view(t.dtype).view(t.shape))
-        off += n
-    if off != len(buf): raise ValueError(f"unpack_tensors: {len(buf)} bytes for tensors of {off} bytes")
-
-def resumed_epoch(learn) -> int:
-    "The epoch a fit started with `start_epoch=k` resumes at (fastai's `SkipToEpoch`); 0 for a fit from the start."
-    return max([int(getattr(cb, '_skip_to', 0)) for cb in learn.cbs if isinstance(cb, SkipToEpoch)], default=0)
-
-def train_items(dls) -> int:
-    "Number of training items of `dls` (of the whole set when the loader reads a subset view of it)."
-    ds = dls.train_ds
-    while hasattr(ds, 'pos') and hasattr(ds, 'ds'): ds = ds.ds
-    return len(ds)
-
-def loss_name(f) -> str:
-    "The name of loss `f`: its class, or its function's name."
-    f = getattr(f, 'func', f)                       # functools.partial
-    return f.__name__ if callable(f) and hasattr(f, '__name__') and not isinstance(f, nn.Module) else type(f).__name__
-
-def learner_fingerprint(learn) -> dict:
-    "What a checkpoint must agree with to load into `learn`: class names, number of training items, the callbacks with a `train_method`, the loss."
-    classes = getattr(learn.dls, 'classes', None)
-    if classes is None: classes = getattr(learn.dls, 'vocab', None)
-    return dict(classes=None if classes is None else [str(c) for c in classes], n_train=train_items(learn.dls),
-                methods=sorted({cb.train_method for cb in learn.cbs if getattr(cb, 'train_method', None)}),
-                loss=loss_name(learn.loss_func))
-
-def fingerprint_diff(saved:dict, current:dict, methods:bool=True) -> list:
-    "The differences between a checkpoint's fingerprint and a learner's, in words."
-    out = []
-    a, b = saved.get('classes'), current.get('classes')
-    if a is not None and b is not None and a != b:
-        if len(a) != len(b): out.append(f"the checkpoint has {len(a)} classes {a}, the learner {len(b)} {b}")
-        else:
-            i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-            out.append(f"class {i} is {a[i]!r} in the checkpoint and {b[i]!r} in the learner (classes {a} and {b})")
-    if saved.get('n_train') != current.get('n_train'):
-        out.append(f"the checkpoint was trained on {saved.get('n_train')} training items, the learner's training set has {current.get('n_train')}")
-    if methods and saved.get('methods') != current.get('methods'):
-        out.append(f"the checkpoint was trained with the method callbacks {saved.get('methods')}, the learner has {current.get('methods')}")
-    if saved.get('loss') != current.get('loss'):
-        out.append(f"the checkpoint was trained with the loss {saved.get('loss')}, the learner has {current.get('loss')}")
-    return out
-
-
-# %% ../nbs/05_learner.ipynb #217097fd
-class _CheckOnLoad:
-    "Load pre-hook on the module that holds a `TrainState`: checks the checkpoint before any weight is loaded. Copies and pickles of it do nothing."
-    def __init__(self, ts): self.ts = weakref.ref(ts)
-    def __getstate__(self): return {}
-    def __setstate__(self, d): self.ts = None
-    def __call__(self, module, state_dict, prefix, *args):
-        ts = self.ts() if self.ts is not None else None
-        if ts is not None and module._modules.get(TRAIN_STATE_KEY) is ts: ts.check(module, state_dict, prefix)
-
-class TrainState(nn.Module):
-    "What a checkpoint needs besides weights and optimiser: the fingerprint of the training set-up and the random state at the end of the last epoch. Carried by the model as `train_state` (one state-dict entry); identity forward."
-    def __init__(self):
-        super().__init__()
-        self.snapshot, self.loaded, self.pending, self._owner = None, None, None, None
-
-    def forward(self, x): return x
-    def __getstate__(self):
-        d = super().__getstate__()
-        d['_owner'] = None                      # a copy or a pickle is not bound to the learner
-        return d
-
-    @property
-    def owner(self):
-        "The `TrainStateCallback` this state belongs to (None for a copy)."
-        return None if self._owner is None else self._owner()
-
-    def bind(self, cb, parent:nn.Module):
-        "Belong to callback `cb`; `parent` (the module holding this one) checks checkpoints before loading them."
-        self._owner = weakref.ref(cb)
-        hooks = parent._load_state_dict_pre_hooks.values()
-        if not any(isinstance(getattr(h, 'hook', None), _CheckOnLoad) and h.hook.ts is not None and h.hook.ts() is self for h in hooks):
-            parent.register_load_state_dict_pre_hook(_CheckOnLoad(self))
-
-    def get_extra_state(self):
-        cb = self.owner
-        return encode_state(dict(version=1, fingerprint=None if cb is None else cb.fingerprint(), rng=self.snapshot))
-
-    def set_extra_state(self, state):
-        state = decode_state(state)
-        self.loaded, self.snapshot = state, state.get('rng')
-        cb = self.owner
-        if cb is None: return
-        self.pending = self.snapshot
-        if self.snapshot is not None: set_rng_state(self.snapshot, cb.learn.dls.train)
-
-    def check(self, parent:nn.Module, state_dict:dict, prefix:str):
-        "Refuse a checkpoint made for other classes, another training set or another method; re-create training-only modules it needs."
-        cb = self.owner
-        saved = state_dict.get(prefix + TRAIN_STATE_KEY + '._extra_state')
-        if cb is None or saved is None: return
-        saved = decode_state(saved)
-        if saved.get('fingerprint') is None: return
-        now = cb.fingerprint()
-        plain = not now['methods']                 # a learner without method callbacks may take the weights alone
-        diff = fingerprint_diff(saved['fingerprint'], now, methods=not plain)
-        if diff: raise ValueError("checkpoint refused: " + "; ".join(diff))
-        if not plain or not saved['fingerprint']['methods']: cb.rebuild_modules(parent, state_dict, prefix)
-
-def train_state_of(model:nn.Module) -> TrainState|None:
-    "The `TrainState` carried by `model` (or by the network it wraps), if any."
-    st = get_model(model)._modules.get(TRAIN_STATE_KEY)
-    if isinstance(st, TrainState): return st
-    return next((m for m in get_model(model).modules() if isinstance(m, TrainState)), None)
-
-def strip_train_state(model:nn.Module) -> TrainState|None:
-    "Remove the `TrainState` child of `model` (returns it), e.g. from a copy that must not carry it."
-    st = model._modules.get(TRAIN_STATE_KEY)
-    if isinstance(st, TrainState):
-        del model._modules[TRAIN_STATE_KEY]
-        return st
-
-
-# %% ../nbs/05_learner.ipynb #541da92b
-def _model_state_classes() -> list:
-    "Every subclass of `ModelStateCallback`."
-    out, todo = [], [ModelStateCallback]
-    while todo:
-        c = todo.pop()
-        todo += c.__subclasses__()
-        out.append(c)
-    return out
-
-class TrainStateCallback(ModelStateCallback):
-    "Makes `learn.save` / `learn.load` carry the random state and check the training set-up, so that `fit(..., start_epoch=k)` resumes exactly."
-    order, model_key = -20, TRAIN_STATE_KEY        # before the callbacks that swap the loss or the training loader
-    def __init__(self): self._fit_fp, self._resume, self._first, self._epoch_trained = None, 0, False, False
-
-    @property
-    def state(self) -> TrainState|None: return train_state_of(self.learn.model)
-
-    def attach(self) -> TrainState:
-        "Attach (or find) the `TrainState` on `learn.model` and bind it to this callback."
-        root = get_model(self.learn.model)
-        st = train_state_of(root)
-        if st is None: st = self.attach_module(TRAIN_STATE_KEY, TrainState, parent=root)
-        st.bind(self, next(m for m in root.modules() if m._modules.get(TRAIN_STATE_KEY) is st))
-        return st
-
-    def fingerprint(self) -> dict:
-        "The learner's fingerprint; during a fit, as it was when the fit began (before any callback swapped loss or loader)."
-        return self._fit_fp if self._fit_fp is not None else learner_fingerprint(self.learn)
-
-    def rebuild_modules(self, parent:nn.Module, state_dict:dict, prefix:str):
-        "Re-create the training-only modules of a checkpoint that `parent` lacks (e.g. a head left by an earlier stage)."
-        for cls in _model_state_classes():
-            for m in cls.rebuild(parent, state_dict, prefix): add_to_opt(self.learn, m)
-
-    def before_fit(self):
-        st = self.attach()
-        self._fit_fp = learner_fingerprint(self.learn)
-        self._resume, self._first = resumed_epoch(self.learn), True
-        if self._resume and st.loaded is not None and st.loaded.get('fingerprint') is not None:
-            diff = fingerprint_diff(st.loaded['fingerprint'], self._fit_fp)
-            if diff: raise ValueError(f"fit(start_epoch={self._resume}) does not continue the loaded checkpoint: " + "; ".join(diff) +
-                                      "; resume with the callbacks of the interrupted fit")
-        distributed_setup(self.learn)
-
-    def before_epoch(self): self._epoch_trained = False
-
-    def before_train(self):
-        st = self.state
-        if self._first and self._resume:        # the first epoch a resumed fit trains: the random state of the checkpoint
-            if st.pending is not None: set_rng_state(st.pending, self.learn.dls.train)
-            self.learn.train_iter = self.epoch * len(self.learn.dls.train)
-        st.pending, self._first, self._epoch_trained = None, False, True
-
-    def after_epoch(self):
-        if self._epoch_trained: self.state.snapshot = rng_state(self.learn.dls.train)
-
-    def after_fit(self): self._fit_fp, self._resume = None, 0
-
-
-# %% ../nbs/05_learner.ipynb #6bda1985
-def is_distributed() -> bool:
-    "Whether this process trains with others (an initialised process group of more than one rank)."
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def collective_device() -> torch.device:
-    "The device collectives run on: the current GPU for NCCL, the CPU otherwise (gloo)."
-    return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
-
-def _broadcast(self, t, rank):
-    "`DistributedDL._broadcast` on the collective device (fastai's moves the indices to CUDA, which gloo on a CPU cannot use)."
-    x = torch.tensor(t, dtype=torch.long, device=collective_device())
-    dist.broadcast(x, rank)
-    return x.cpu().tolist()
-
-def _wrap_dl(self, dl):
-    "`DistributedTrainer._wrap_dl` with the device-aware broadcast (and the device of whatever model validates, e.g. a teacher)."
-    from fastai.distributed import DistributedDL
-    if not isinstance(dl, DistributedDL): dl = DistributedDL(dl, device=param_device(get_model(self.learn.model)))
-    dl._broadcast = MethodType(_broadcast, dl)
-    return dl
-
-def all_gather_cat(x:torch.Tensor) -> torch.Tensor:
-    "The tensors `x` of every rank (their first dimensions may differ), concatenated in rank order, on `x`'s device."
-    dev = collective_device()
-    n = torch.tensor([len(x)], device=dev)
-    ns = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(ns, n)
-    ns = [int(v) for v in ns]
-    pad = torch.zeros((max(ns),) + tuple(x.shape[1:]), dtype=x.dtype, device=dev)
-    pad[:len(x)] = x.to(dev)
-    parts = [torch.empty_like(pad) for _ in ns]
-    dist.all_gather(parts, pad)
-    return torch.cat([p[:k] for p, k in zip(parts, ns)]).to(x.device)
-
-def check_same_data(dls):
-    "Raise on every rank unless all ranks have the same number of training and validation items."
-    mine = [len(dl.dataset) if getattr(dl, 'dataset', None) is not None else -1 for dl in dls.loaders[:2]]
-    got = all_gather_cat(torch.tensor([mine], dtype=torch.long)).tolist()
-    if any(g != got[0] for g in got):
-        desc = ', '.join(f"rank {r} has {g[0]} training and {g[1] if len(g) > 1 else 0} validation items" for r, g in enumerate(got))
-        raise ValueError(f"distributed training: the ranks disagree on the dataset lengths ({desc}); every rank must load the same data")
-
-def distributed_setup(learn):
-    "Under a distributed fit: check the ranks' data agree, and give fastai's `DistributedTrainer` a broadcast that works on any backend."
-    if not is_distributed(): return
-    check_same_data(learn.dls)
-    for cb in learn.cbs:
-        if type(cb).__name__ == 'DistributedTrainer': cb._wrap_dl = MethodType(_wrap_dl, cb)
-
-def item_writes(dl, idx:torch.Tensor, *values):
-    "(idx, *values) of the items every rank read in this batch, each item once: gathered from all ranks, without the duplicates a `DistributedDL` pads its last batches with. Unchanged in a single process."
-    if not is_distributed() or not all(hasattr(dl, a) for a in ('i', 'n', 'n_padded', 'rank', 'world_size')): return (idx,) + values
-    b = len(idx)
-    pos = dl.rank * (dl.n_padded // dl.world_size) + torch.arange(dl.i - b, dl.i, device=idx.device)
-    keep = pos < dl.n
-    return tuple(all_gather_cat(v[keep]) for v in (idx,) + values)
-
-def all_reduce_mean_(tensors):
-    "Replace each floating-point tensor of `tensors` by its mean over the ranks (no-op in a single process)."
-    if not is_distributed(): return
-    ws = dist.get_world_size()
-    for t in tensors:
-        if not t.is_floating_point(): continue
-        x = t.detach().to(collective_device())
-        dist.all_reduce(x)
-        t.copy_(x.to(t.device) / ws)
-
-
-# %% ../nbs/05_learner.ipynb #d7619c64
-def classifier_of(model:nn.Module, head=None, need_in_features:bool=True, arg:str='head') -> nn.Module:
-    "The classifier layer of `model`: `head` (a module or a submodule name), timm's `get_classifier()`, or the last `nn.Linear`."
-    if isinstance(head, nn.Module): h = head
-    elif isinstance(head, str):
-        try: h = model.get_submodule(head)
-        except AttributeError: raise ValueError(f"the model has no submodule {head!r} to use as classifier layer") from None
-    else:
-        h = model.get_classifier() if hasattr(model, 'get_classifier') else None
-        if not isinstance(h, nn.Module) or isinstance(h, nn.Identity):
-            skip = train_only_keys()
-            lin = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split('.')[0] not in skip]
-            if not lin: raise ValueError(f"{type(model).__name__} has no nn.Linear classifier layer: pass `{arg}=` (a module or its name)")
-            h = lin[-1]
-    if need_in_features and not isinstance(getattr(h, 'in_features', None), int):
-        raise ValueError(f"classifier layer {type(h).__name__} has no `in_features`: pass `{arg}=` an nn.Linear "
-                         "whose input is the pooled feature")
-    return h
-
-def feature_size(model:nn.Module, clf:nn.Module) -> int:
-    "Size of the features the classifier layer `clf` takes: its `in_features`, else timm's `model.num_features`."
-    n = getattr(clf, 'in_features', None)
-    if isinstance(n, int): return n
-    n = getattr(model, 'num_features', None)
-    if n is None: raise ValueError(f"cannot tell the feature size of {type(model).__name__}'s classifier {type(clf).__name__}")
-    return int(n)
-
-class HeadInput:
-    "Forward pre-hook on a classifier layer that keeps its input (the pooled features) of the next forward when armed."
-    def __init__(self, head:nn.Module):
-        self.head, self.feats, self.armed = head, None, False
-        self.handle = head.register_forward_pre_hook(self._hook)
-    def _hook(self, module, args):
-        if self.armed: self.feats, self.armed = args[0], False
-    def arm(self): self.feats, self.armed = None, True
-    def take(self):
-        f, self.feats, self.armed = self.feats, None, False
-        if f is None: raise RuntimeError(f"the classifier layer {type(self.head).__name__} was not called in the forward pass: "
-                                         "pass `head=` the layer that maps pooled features to logits")
-        return f.flatten(1)
-    def remove(self): self.handle.remove()

@@ -11,6 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score, average_precision_score
 from fastai.learner import Metric
 from .labels import label_space
+from .stats import percentile_ci
 
 # %% auto #0
 __all__ = ['GROUPS', 'to_numpy', 'check_scores', 'per_class_auc', 'per_class_ap', 'macro', 'group_means', 'metric_summary',
@@ -161,7 +162,7 @@ def bootstrap_ci(y_true, y_score, patients, metric:str='auc', n_boot:int=200, al
     est = _PER_CLASS[metric](y, s)
     def _row(point, reps):
         r = reps[~np.isnan(reps)]
-        lo, hi = (np.quantile(r, [alpha / 2, 1 - alpha / 2]) if len(r) else (np.nan, np.nan))
+        lo, hi = percentile_ci(r, alpha)
         return dict(estimate=point, lo=lo, hi=hi, se=r.std(ddof=1) if len(r) > 1 else np.nan, n_boot=len(r))
     rows = {'macro': _row(macro(est), mac)}
     if per_class: rows.update({n: _row(est[j], samples[:, j]) for j, n in enumerate(names)})

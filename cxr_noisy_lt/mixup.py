@@ -4,6 +4,7 @@
 
 # %% ../nbs/12_mixup.ipynb #57d84594
 from __future__ import annotations
+import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -15,14 +16,16 @@ from fastai.data.transforms import Normalize, IntToFloatTensor
 from fastai.vision.augment import RandomErasing
 from fastai.torch_core import to_device
 import fastai.callback.schedule  # fit_one_cycle
-from .learner import ModelStateCallback, classifier_of, HeadInput, add_to_opt, param_device
+from .models import param_device
+from .train_modules import ModelStateCallback, classifier_of, HeadInput, add_to_opt
 from .data import cxr_aug_transforms, attach_item_index, detach_item_index, batch_index, base_loader
-_all_ = ['classifier_of', 'HeadInput']   # defined in cxr_noisy_lt.learner, importable from here too
+_all_ = ['classifier_of', 'HeadInput']   # defined in cxr_noisy_lt.train_modules, importable from here too
 
 # %% auto #0
 __all__ = ['AUX_KEY', 'LABEL_MIXES', 'CONTRASTIVE_LOSSES', 'AuxModules', 'aux_modules', 'strip_aux', 'group_index',
            'GroupAttention', 'mix_features', 'mix_labels', 'mix_groups', 'group_mix_loss', 'AttentionMixupCallback',
-           'ProjectionHead', 'nt_xent', 'supcon_weights', 'multilabel_supcon', 'strong_view_tfms', 'augmented_view',
+           'ProjectionHead', 'nt_xent', 'label_overlap', 'pair_masks', 'check_views', 'view_pairs', 'embedding_pairs',
+           'multilabel_supcon_loss', 'supcon_weights', 'multilabel_supcon', 'strong_view_tfms', 'augmented_view',
            'ContrastiveCallback', 'contrastive_pretrain', 'attmix_learner', 'pretrain_then_fit',
            'joint_contrastive_attmix_learner', 'classifier_of', 'HeadInput']
 
@@ -206,52 +209,117 @@ class AttentionMixupCallback(_AuxCallback):
 
 # %% ../nbs/12_mixup.ipynb #79d9942b
 class ProjectionHead(nn.Module):
-    "SimCLR projection of pooled features: Linear(dim, hidden) -> ReLU -> Linear(hidden, out_dim)."
-    def __init__(self, dim:int, hidden:int=None, out_dim:int=128):
+    "Projection of pooled features [B, n_in] to `dim`: Linear-ReLU-Linear (hidden width `hidden`, default `n_in`), or one Linear with `hidden=0`. `project(h)` is the projection, `embed(h)` its L2-normalised form. The forward pass is the identity, so that a model that runs its children in turn (the `nn.Sequential` of fastai's `vision_learner`) is unchanged by carrying the head."
+    def __init__(self, n_in:int, dim:int=128, hidden:int=None):
         super().__init__()
-        hidden = ifnone(hidden, dim)
-        self.dim = dim
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
-    def forward(self, f): return self.net(f)
+        hidden = ifnone(hidden, n_in)
+        self.net = nn.Linear(n_in, dim) if not hidden else nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+    @property
+    def n_in(self) -> int:
+        "Size of the features the head takes."
+        return (self.net if isinstance(self.net, nn.Linear) else self.net[0]).in_features
+    def project(self, h): return self.net(h.flatten(1))
+    def embed(self, h): return F.normalize(self.project(h), dim=1)
+    def forward(self, x): return x
 
-def _check_views(z1, z2):
+    @classmethod
+    def from_state_dict(cls, state_dict:dict, key:str=''):
+        "A head shaped like the one whose entries `state_dict` holds under `key` (e.g. 'metric_head.'), or None if it holds none."
+        w = state_dict.get(key + 'net.weight')
+        if w is not None: return cls(w.shape[1], w.shape[0], 0)
+        w0, w2 = state_dict.get(key + 'net.0.weight'), state_dict.get(key + 'net.2.weight')
+        return None if w0 is None or w2 is None else cls(w0.shape[1], w2.shape[0], w0.shape[0])
+
+def _check_two_views(z1, z2):
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"the two views must be [N, D] embeddings of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
 
-def _log_prob(z1, z2, temperature):
-    "log softmax over k != i of the cosine similarities / temperature, [2N, 2N] (-inf on the diagonal)"
+def _check_temperature(temperature):
     if temperature <= 0: raise ValueError(f"temperature={temperature} must be positive")
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.t() / temperature
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    return torch.log_softmax(sim.masked_fill(eye, float('-inf')), dim=1)
 
 def nt_xent(z1:torch.Tensor, z2:torch.Tensor, temperature:float=0.2) -> torch.Tensor:
     "SimCLR's NT-Xent loss of two views [N, D] (row i of `z1` and of `z2` are the same image), mean over the 2N anchors."
-    _check_views(z1, z2)
+    _check_two_views(z1, z2)
+    _check_temperature(temperature)
     n = len(z1)
-    lp = _log_prob(z1, z2, temperature)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    lp = torch.log_softmax(sim.masked_fill(eye, float('-inf')), dim=1)
     pos = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z1.device)
     return -lp[torch.arange(2 * n, device=z1.device), pos].mean()
 
+# %% ../nbs/12_mixup.ipynb #a9421f0e
+def _none_column(y:torch.Tensor) -> torch.Tensor:
+    "1 where every label is known and 0, 0 where one is 1, NaN otherwise"
+    known = ~torch.isnan(y)
+    anypos = ((y == 1) & known).any(1)
+    allneg = (known & (y == 0)).all(1)
+    return torch.where(anypos, y.new_zeros(()), torch.where(allneg, y.new_ones(()), y.new_full((), float('nan'))))
+
+def label_overlap(target:torch.Tensor, add_none:bool=True):
+    "(shared [B,B], union [B,B]): counts of positive labels shared / held by either, over classes known for both."
+    y = torch.as_tensor(target).float()
+    if y.ndim != 2: raise ValueError(f"label_overlap: targets must be [batch, classes], got shape {tuple(y.shape)}")
+    if add_none: y = torch.cat([y, _none_column(y)[:, None]], 1)
+    known = ~torch.isnan(y)
+    P, N = ((y == 1) & known).float(), ((y == 0) & known).float()
+    shared = P @ P.T
+    return shared, shared + P @ N.T + N @ P.T
+
+def pair_masks(target:torch.Tensor, add_none:bool=True):
+    "(positive [B,B] bool, negative [B,B] bool, Jaccard overlap [B,B]); the diagonal is neither."
+    shared, union = label_overlap(target, add_none)
+    eye = torch.eye(len(shared), dtype=torch.bool, device=shared.device)
+    pos = (shared > 0) & ~eye
+    neg = (shared == 0) & (union > 0) & ~eye
+    jac = torch.where(union > 0, shared / union.clamp_min(1), torch.zeros_like(shared)).masked_fill(eye, 0.)
+    return pos, neg, jac
+
+def check_views(views) -> int:
+    "`views`, checked to be an integer >= 1."
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1: raise ValueError(f"views={views!r}: use an integer >= 1")
+    return views
+
+def view_pairs(target:torch.Tensor, views:int=1, add_none:bool=True):
+    "`pair_masks` for `views` views of a batch stacked view after view ([V*B, V*B]): the views of one image are positive, weight 1."
+    pos, neg, jac = pair_masks(target, add_none)
+    if check_views(views) == 1: return pos, neg, jac
+    n, dev = len(pos), pos.device
+    same = torch.eye(n, dtype=torch.bool, device=dev).repeat(views, views) & ~torch.eye(n * views, dtype=torch.bool, device=dev)
+    return pos.repeat(views, views) | same, neg.repeat(views, views) & ~same, jac.repeat(views, views).masked_fill(same, 1.)
+
+def embedding_pairs(emb:torch.Tensor, target:torch.Tensor, views:int=1, add_none:bool=True):
+    "`view_pairs` of `target` on the device of `emb`, once `emb` is checked to hold `views` views of its images, stacked view after view."
+    if len(emb) != check_views(views) * len(target):
+        raise ValueError(f"{len(emb)} embeddings for {views} view(s) of {len(target)} images: stack the views, view after view")
+    return view_pairs(target.to(emb.device), views, add_none)
+
+def multilabel_supcon_loss(emb:torch.Tensor, target:torch.Tensor, temperature:float=0.1, weighting:str='jaccard',
+                           add_none:bool=True, views:int=1) -> torch.Tensor:
+    "SupCon on L2-normalised `emb` [views*B, d] (views stacked view after view): the other views of an image weigh 1, other images their label overlap ('jaccard') or 1 ('binary')."
+    if weighting not in ('jaccard', 'binary'): raise ValueError(f"weighting={weighting!r}: use 'jaccard' or 'binary'")
+    _check_temperature(temperature)
+    pos, _, jac = embedding_pairs(emb, target, views, add_none)
+    w = (jac if weighting == 'jaccard' else pos.to(jac.dtype)).to(emb.dtype)
+    z = F.normalize(emb, dim=1)
+    s = z @ z.T / temperature
+    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
+    log_prob = (s - torch.logsumexp(s.masked_fill(eye, -math.inf), 1, keepdim=True)).masked_fill(eye, 0.)
+    wsum = w.sum(1)
+    ok = wsum > 0
+    if not ok.any(): return emb.sum() * 0.
+    return (-(w * log_prob).sum(1)[ok] / wsum[ok]).mean()
+
 def supcon_weights(labels:torch.Tensor) -> torch.Tensor:
-    "Positive-pair weights [N, N] from labels [N, C] (1, 0, NaN): Jaccard overlap of positive labels over classes known for both; diagonal 1."
-    known = ~torch.isnan(labels)
-    m = known.float()
-    y = torch.where(known, (labels > 0.5).float(), torch.zeros_like(m))
-    inter = y @ y.t()                                   # shared positives, known in both
-    union = y @ m.t() + m @ y.t() - inter               # positive in either, known in both
-    w = torch.where(inter > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
-    return w.fill_diagonal_(1.)
+    "Positive-pair weights [N, N] of `multilabel_supcon` from labels [N, C] (1, 0, NaN): Jaccard overlap of positive labels over classes known for both; diagonal 1."
+    return pair_masks(labels, add_none=False)[2].fill_diagonal_(1.)
 
 def multilabel_supcon(z1:torch.Tensor, z2:torch.Tensor, labels:torch.Tensor, temperature:float=0.2) -> torch.Tensor:
-    "Supervised contrastive loss for multi-label data: positives share a label, weighted by `supcon_weights`; mean over 2N anchors."
-    _check_views(z1, z2)
+    "Supervised contrastive loss for multi-label data on two views [N, D]: positives share a label, weighted by `supcon_weights` (`multilabel_supcon_loss` of the stacked views, without the 'none' label); mean over 2N anchors."
+    _check_two_views(z1, z2)
     if labels.shape[0] != len(z1): raise ValueError(f"{labels.shape[0]} label rows for {len(z1)} images")
-    w = supcon_weights(labels.to(z1.dtype)).repeat(2, 2).fill_diagonal_(0.)   # the other view of i has weight 1
-    lp = _log_prob(z1, z2, temperature)
-    lp = torch.where(w > 0, lp, torch.zeros_like(lp))                         # no -inf * 0
-    return (-(w * lp).sum(1) / w.sum(1)).mean()
+    return multilabel_supcon_loss(torch.cat([z1, z2]), labels, temperature, add_none=False, views=2)
 
 # %% ../nbs/12_mixup.ipynb #db8e162b
 def strong_view_tfms(max_rotate:float=15., max_shift:float=0.1, min_scale:float=1., max_scale:float=1.4,
@@ -282,7 +350,7 @@ class ContrastiveCallback(_AuxCallback):
         loss:str='simclr',        # 'simclr' (NT-Xent, no labels) or 'supcon' (multi-label supervised)
         only:bool=False,          # train with the contrastive loss alone (pre-training)
         out_dim:int=128,          # projection size
-        hidden:int=None,          # projection hidden width (default: the feature size)
+        hidden:int=None,          # projection hidden width (default: the feature size; 0 = one linear layer)
         head=None,                # classifier layer (module or name) whose input is the pooled feature
         valid:bool=None,          # run validation (default: not with `only`)
         view_tfms=None,           # batch augmentation of the second view, e.g. `strong_view_tfms()` (default: the training loader's own)
@@ -304,18 +372,18 @@ class ContrastiveCallback(_AuxCallback):
     @classmethod
     def rebuild(cls, model:nn.Module, state_dict:dict, prefix:str='') -> list:
         "The projection head of a checkpoint (e.g. one left by contrastive pre-training) that `model` lacks, re-created from its shapes."
-        key = f"{prefix}{AUX_KEY}.{cls.aux_name}.net."
-        w0, w2 = state_dict.get(key + '0.weight'), state_dict.get(key + '2.weight')
         aux = aux_modules(model)
-        if w0 is None or w2 is None or (aux is not None and aux._modules.get(cls.aux_name) is not None): return []
-        head = ProjectionHead(w0.shape[1], w0.shape[0], w2.shape[0]).to(param_device(model))
+        if aux is not None and aux._modules.get(cls.aux_name) is not None: return []
+        head = ProjectionHead.from_state_dict(state_dict, f"{prefix}{AUX_KEY}.{cls.aux_name}.")
+        if head is None: return []
+        head = head.to(param_device(model))
         aux_modules(model, create=True).add_module(cls.aux_name, head)
         return [head]
 
-    def make_module(self, dim): return ProjectionHead(dim, self.hidden, self.out_dim)
+    def make_module(self, dim): return ProjectionHead(dim, self.out_dim, self.hidden)
     def check_module(self, proj, dim):
-        if proj.dim != dim:
-            raise ValueError(f"ContrastiveCallback: the model carries a projection head for {proj.dim} features, not {dim}: "
+        if proj.n_in != dim:
+            raise ValueError(f"ContrastiveCallback: the model carries a projection head for {proj.n_in} features, not {dim}: "
                              "remove it first with strip_aux(learn.model)")
 
     def before_fit(self):
@@ -340,7 +408,7 @@ class ContrastiveCallback(_AuxCallback):
     def after_pred(self):
         if not self.training: return
         n, f = self._n, self._hook.take()
-        z = self.projection(f[:2 * n])
+        z = self.projection.project(f[:2 * n])
         if self.loss == 'simclr': self._c = nt_xent(z[:n], z[n:], self.temperature)
         else: self._c = multilabel_supcon(z[:n], z[n:], self.learn.yb[0], self.temperature)
         self.learn.pred = self.learn.pred[:n]

@@ -10,13 +10,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastai.torch_core import get_model
-from .learner import ModelStateCallback, remove_from_opt, TRAIN_STATE_KEY, strip_train_state, loss_name
-from .learner import item_writes, all_reduce_mean_
-from .data import attach_item_index, detach_item_index, batch_index, dataset_targets
+from .train_modules import ModelStateCallback, remove_from_opt
+from .resume import TRAIN_STATE_KEY, strip_train_state, loss_name
+from .distributed import item_writes, all_reduce_mean_
+from .data import attach_item_index, detach_item_index, batch_index, train_labels
+_all_ = ['train_labels']   # defined in cxr_noisy_lt.data, importable from here too
 
 # %% auto #0
 __all__ = ['NVUM_KEY', 'nvum_prior', 'NVUMMemory', 'nvum_regularizer', 'masked_mean', 'EMATeacher', 'NVUMState', 'nvum_state',
-           'strip_nvum', 'train_labels', 'NVUMCallback']
+           'strip_nvum', 'NVUMCallback', 'train_labels']
 
 # %% ../nbs/10_nvum.ipynb #3bab50ae
 def nvum_prior(labels, no_finding_col:int|None=None, classes=None) -> np.ndarray:
@@ -175,10 +177,6 @@ def strip_nvum(model:nn.Module) -> NVUMState|None:
     return st
 
 # %% ../nbs/10_nvum.ipynb #bb1fdccb
-def train_labels(dls) -> np.ndarray:
-    "Training labels [N, C] of `dls.train_ds` (NaN = unknown), read by `cxr_noisy_lt.data.dataset_targets`."
-    return dataset_targets(dls.train_ds)
-
 def _no_finding_index(dls, no_finding):
     if no_finding is None or isinstance(no_finding, int): return no_finding
     classes = getattr(dls, 'classes', None)

@@ -4,23 +4,21 @@
 
 # %% ../nbs/01_phantom.ipynb #5a3e598c
 from __future__ import annotations
-import os, json, zlib, time, warnings, functools
+import json, zlib, time, warnings, functools
 from pathlib import Path
-from types import SimpleNamespace as NS
 import numpy as np
 import pandas as pd
 import matplotlib.pyplot as plt
-from .labels import NIH14, NO_FINDING, label_space, clean_col, label_stats
+from .labels import NIH14, NO_FINDING, label_space, clean_col
+from .boxes import draw_boxes, name_boxes
+from .files import default_cache_dir, atomic_write
+from . import phantom_draw
+from .phantom_draw import *
 
 # %% auto #0
-__all__ = ['NIH_COLUMNS', 'PHANTOM_VERSION', 'GAZE_SIZE', 'NBANK', 'F32', 'FOOTPRINTS', 'GENERATORS', 'nih_metadata_path',
-           'nih_metadata', 'sample_nih', 'phantom_split', 'texture_bank', 'scene_params', 'lung_geom', 'lung_point',
-           'lung_mask', 'fp_gauss', 'fp_disc', 'fp_effusion', 'fp_ptx', 'fp_pleural_line', 'fp_lobe', 'fp_pleural',
-           'fp_kerley', 'fp_hernia', 'gen_atelectasis', 'gen_effusion', 'gen_infiltration', 'gen_mass', 'gen_nodule',
-           'gen_pneumonia', 'gen_pneumothorax', 'gen_consolidation', 'gen_edema', 'gen_emphysema', 'gen_fibrosis',
-           'gen_pleural_thickening', 'gen_hernia', 'gen_cardiomegaly', 'gen_lookalikes', 'build_scene', 'render',
-           'simulate_gaze', 'PhantomCacheError', 'default_cache_dir', 'code_fingerprint', 'check_cache', 'Phantom',
-           'phantom_frame', 'make_phantom', 'compare_with_nih']
+__all__ = ['NIH_COLUMNS', 'nih_metadata_path', 'nih_metadata', 'sample_nih', 'phantom_split', 'PhantomCacheError',
+           'code_fingerprint', 'check_cache', 'Phantom', 'phantom_frame', 'make_phantom', 'compare_with_nih',
+           'default_cache_dir']
 
 # %% ../nbs/01_phantom.ipynb #2eb3c89b
 NIH_COLUMNS = ['Image Index', 'Finding Labels', 'Follow-up #', 'Patient ID', 'Patient Age', 'Patient Gender',
@@ -72,474 +70,11 @@ def phantom_split(patients, seed:int=0, splits=(0.7, 0.1, 0.2)) -> np.ndarray:
     out = np.empty(len(u), dtype=object); out[order] = lab
     return out[inv]
 
-# %% ../nbs/01_phantom.ipynb #145d4d5b
-PHANTOM_VERSION = 1   # bump when the rendering changes: caches of another version are stale
-GAZE_SIZE = 32        # gaze heat maps are GAZE_SIZE x GAZE_SIZE at every image size
-NBANK = 24            # textures per kind in the texture bank
-F32 = np.float32
-
-def _u(r, lo, hi): return lo + (hi - lo) * r
-
-def _soft(x, w):
-    "A 0 -> 1 ramp of width `w` centred at `x` = 0 (anti-aliased edges)."
-    y = x * (1 / w)
-    y += 0.5
-    return np.minimum(np.maximum(y, 0, out=y), 1, out=y)
-
-def _fourier(size, rng, kmin, kmax, n, alpha=1.0):
-    "`n` periodic random textures on the unit square (frequencies kmin <= |k| <= kmax), the same at any size."
-    k = np.arange(-kmax, kmax + 1)
-    kk = np.hypot(k[:, None], k[None, :])
-    amp = np.where((kk >= kmin) & (kk <= kmax), 1 / np.maximum(kk, 1) ** alpha, 0)
-    amp[np.abs(k) >= size // 2, :] = 0; amp[:, np.abs(k) >= size // 2] = 0     # nothing above Nyquist
-    shift = np.exp(1j * np.pi * (k[:, None] + k[None, :]) / size)              # sample pixel centres
-    out = np.empty((n, size, size), F32)
-    for i in range(n):
-        C = amp * (rng.standard_normal(amp.shape) + 1j * rng.standard_normal(amp.shape)) * shift
-        S = np.zeros((size, size), complex)
-        S[np.ix_(k % size, k % size)] = C
-        t = np.fft.ifft2(S).real
-        out[i] = (t - t.mean()) / max(t.std(), 1e-12)
-    return out
-
-@functools.lru_cache(maxsize=4)
-def texture_bank(size:int) -> NS:
-    "Textures for one image size: vessel markings, reticular net, patchy clouds, branching air bronchograms."
-    rng = np.random.default_rng(20240611)
-    x = (np.arange(size) + 0.5) / size
-    U, V = np.meshgrid(x, x)
-    wig = _fourier(size, rng, 2, 6, 2 * NBANK)
-    marks = np.zeros((NBANK, size, size), F32)
-    for i in range(NBANK):                            # wiggly radial lines from each hilum, tapering outwards
-        for s, hx in enumerate((0.40, 0.60)):
-            dx, dy = U - hx, V - 0.45
-            r, th = np.hypot(dx, dy), np.arctan2(dy, dx)
-            f = np.cos(rng.integers(14, 20) * th + 1.6 * wig[2 * i + s] + 3 * r * rng.uniform(-3, 3))
-            marks[i] += (np.clip(f, 0, 1) ** 6 * np.exp(-r / 0.22) * np.clip(r / 0.04, 0, 1)).astype(F32)
-    marks /= marks.max()
-    reticular = np.exp(-(_fourier(size, rng, 8, 14, NBANK) / 0.35) ** 2)   # zero crossings: a net of lines
-    patchy = np.clip(_fourier(size, rng, 3, 9, NBANK, 0.5), 0, None) / 2.5
-    bronch = np.exp(-(_fourier(size, rng, 4, 9, NBANK) / 0.3) ** 2)         # branching tubes
-    return NS(marks=marks, reticular=reticular.astype(F32), patchy=patchy.astype(F32), bronch=bronch.astype(F32))
-
-_TEX_OFFSET = dict(patchy=3, bronch=11, reticular=5)
-
-# %% ../nbs/01_phantom.ipynb #455014da
-def scene_params(meta:pd.DataFrame, seed:int=0) -> NS:
-    "Per-image anatomy and acquisition parameters (arrays of length n), independent of the image size."
-    n = len(meta)
-    _, pat_idx = np.unique(meta['patient'].values, return_inverse=True)
-    rp = np.random.default_rng([seed, 1]).random((pat_idx.max() + 1, 16))[pat_idx]   # per patient
-    ri = np.random.default_rng([seed, 2]).random((n, 16))                             # per image
-    rl = np.random.default_rng([seed, 3]).random((n, 14, 16))                         # per finding
-    rx = np.random.default_rng([seed, 9]).random((n, 48))                             # extra draws
-    Y = meta[NIH14].values == 1
-    y = {c: Y[:, j] for j, c in enumerate(NIH14)}
-    L = {c: rl[:, j] for j, c in enumerate(NIH14)}
-    ap = meta['view'].values == 'AP'
-    P = NS(n=n, Y=Y, ap=ap, rl=rl, ri=ri, rp=rp, rx=rx)
-    # acquisition: magnification, position, inspiration, window, gamma, noise
-    s = P.scale = _u(ri[:, 0], 0.92, 1.04) * np.where(ap, 1.05, 1.0)
-    P.cx = 0.5 + _u(ri[:, 1], -0.035, 0.035)
-    cy = _u(ri[:, 2], -0.035, 0.035)
-    insp = np.where(ap, _u(ri[:, 3], -0.07, -0.01), _u(ri[:, 3], -0.025, 0.025))   # AP: poorer inspiration
-    P.gamma = _u(ri[:, 4], 0.75, 1.35)
-    P.contrast = _u(ri[:, 5], 0.8, 1.2) * np.where(ap, 0.92, 1.0)
-    P.bright = _u(ri[:, 6], -0.08, 0.08)
-    P.noise = _u(ri[:, 7], 0.02, 0.07)
-    P.tex = (ri[:, 8] * NBANK).astype(int)
-    P.mark_w = _u(ri[:, 9], 0.7, 1.2)
-    # the patient's anatomy, scaled by the acquisition
-    P.tw = _u(rp[:, 0], 0.42, 0.47) * s              # body half width
-    P.lx = _u(rp[:, 1], 0.16, 0.18) * s              # lung centre to midline
-    P.la = _u(rp[:, 2], 0.165, 0.185) * s            # lung half width
-    P.ltop = 0.5 + cy - (0.5 - _u(rp[:, 3], 0.10, 0.14)) * s
-    dome = 0.5 + cy + (_u(rp[:, 4], 0.20, 0.25) + insp) * s
-    P.dome_r, P.dome_l = dome.copy(), dome + _u(rp[:, 5], -0.01, 0.04) * s
-    P.dk = _u(rp[:, 6], 1.5, 3.5) / s                # dome curvature
-    ctr = _u(rp[:, 7], 0.38, 0.5) * np.where(ap, 1.1, 1.0)     # cardiothoracic ratio; AP magnifies the heart
-    P.hh = _u(rp[:, 8], 0.10, 0.125) * s
-    P.hoff = _u(rp[:, 9], 0.02, 0.05) * s            # heart offset to the patient's left
-    P.rib_ph, P.rib_n = rp[:, 10], _u(rp[:, 11], 8.5, 10.5)
-    P.breast = (meta['sex'].values == 'F') & (rp[:, 12] < 0.8)
-    P.bubble = np.where(rp[:, 13] < 0.6, _u(ri[:, 10], 0.02, 0.045), 0)   # gastric air under the left dome
-    P.air = _u(rp[:, 14], 0.29, 0.35)                 # lung air: habitus, exposure
-    P.hilum = _u(rp[:, 15], 0.08, 0.3)               # normal hilar vessels
-    # findings that change the anatomy: cardiomegaly, emphysema, volume loss (atelectasis, fibrosis)
-    ctr = np.where(y['Cardiomegaly'], _u(L['Cardiomegaly'][:, 0], 0.48, 0.62) * np.where(ap, 1.05, 1), ctr)
-    e, emph = L['Emphysema'], y['Emphysema']
-    P.air = np.where(emph, P.air * _u(e[:, 0], 1.05, 1.3), P.air)         # hyperlucent
-    low = np.where(emph, _u(e[:, 1], 0.0, 0.05) * s, 0)                     # hyperexpanded
-    P.dome_r, P.dome_l = P.dome_r + low, P.dome_l + low
-    P.dk = np.where(emph, P.dk * _u(e[:, 2], 0.3, 0.8), P.dk)                # flat domes
-    P.mark_w = np.where(emph, P.mark_w * _u(e[:, 3], 0.4, 0.85), P.mark_w)  # pruned vessels
-    ctr = np.where(emph & ~y['Cardiomegaly'], ctr * 0.9, ctr)               # narrow heart
-    P.hw = ctr * (P.lx + P.la)
-    a = L['Atelectasis']
-    P.atel_side = (a[:, 0] >= 0.55).astype(int)     # 0: right lung (image left), 1: left lung
-    loss = np.where(y['Atelectasis'], _u(a[:, 1], 0.0, 0.035) * s, 0)
-    floss = np.where(y['Fibrosis'], _u(L['Fibrosis'][:, 1], 0.0, 0.03) * s, 0)
-    P.dome_r = P.dome_r - np.where(P.atel_side == 0, loss, 0) - floss
-    P.dome_l = P.dome_l - np.where(P.atel_side == 1, loss, 0) - floss
-    P.mcx = P.cx + np.where(P.atel_side == 0, -1, 1) * loss * 0.5     # mediastinum shifts to the collapse
-    P.hx = P.mcx + P.hoff
-    P.hcy = P.dome_l - 0.6 * P.hh
-    return P
-
-def lung_geom(P:NS, i:int, side:int) -> NS:
-    "Outline of lung `side` (0: right lung = image left) of image `i`: ellipse, apex, dome."
-    sg = -1 if side == 0 else 1
-    lcx = P.cx[i] + sg * P.lx[i]
-    dome = P.dome_r[i] if side == 0 else P.dome_l[i]
-    bot = dome + 0.2 * P.scale[i]
-    return NS(sg=sg, cx=lcx, cy=(P.ltop[i] + bot) / 2, ax=P.la[i], ay=(bot - P.ltop[i]) / 2, top=P.ltop[i],
-              dome=dome, dcx=lcx - sg * 0.02, dk=P.dk[i])
-
-def lung_point(g:NS, p:float, q:float):
-    "A point of lung `g`: `p` from medial (0) to lateral (1), `q` from apex (0) to base (1)."
-    y = g.top + 0.03 + q * (g.dome - g.top - 0.05)
-    half = g.ax * np.sqrt(max(1 - ((y - g.cy) / g.ay) ** 2, 0.04))
-    return g.cx + g.sg * (p * 1.6 - 0.8) * half, y
-
-def _shape_r2(dx, dy, ax, ay):
-    "Lung outline: an ellipse widened towards the base; < 1 inside."
-    t = dy / ay
-    return (dx / (ax * (1 + 0.25 * t))) ** 2 + t * t
-
-def _lung_r2(g, U, V, shrink=0.0, dx=0.0, dy=0.0):
-    return _shape_r2(U - g.cx - dx, V - g.cy - dy, g.ax - shrink, g.ay - shrink)
-
-def lung_mask(g:NS, U, V, edge=0.01):
-    "Soft mask of lung `g` (above its dome) on grids `U` (columns) and `V` (rows)."
-    return _soft(1 - _lung_r2(g, U, V), 2 * edge / g.ax) * _soft(g.dome + g.dk * (U - g.dcx) ** 2 - V, edge)
-
-# %% ../nbs/01_phantom.ipynb #bce92567
-def fp_gauss(p, U, V):
-    "Gaussian blob (separable, cheap)."
-    return np.exp(-0.5 * ((V - p['y']) / p['sy']) ** 2) * (p['amp'] * np.exp(-0.5 * ((U - p['x']) / p['sx']) ** 2))
-
-def fp_disc(p, U, V):
-    "Round or oval opacity with an edge of relative width `edge`."
-    r2 = ((U - p['x']) / p['rx']) ** 2 + ((V - p['y']) / p['ry']) ** 2
-    return p['amp'] * _soft(1 - r2, p.get('edge', 0.3))
-
-def fp_effusion(p, U, V):
-    "Fluid at the lung base below a meniscus that rises towards the lateral chest wall."
-    g = p['g']
-    t = np.clip(g.sg * (U - g.cx) / g.ax * 0.5 + 0.5, 0, 1)       # 0 medial .. 1 lateral
-    level = p['base'] - p['h'] * (0.7 + 0.3 * t) - p['men'] * t ** 2
-    return p['amp'] * _soft(1.15 - _lung_r2(g, U, V), 0.1) * np.clip((V - level) / p['grad'], 0, 1)
-
-def _ptx_inner(p, U, V):
-    g = p['g']
-    return _lung_r2(g, U, V, p['d'], -g.sg * p['d'], p['d'] * 2)   # collapsed lung: shrunk towards the hilum
-
-def fp_ptx(p, U, V):
-    "Rim of free air between the chest wall and the collapsed lung (apical and lateral)."
-    return p['amp'] * _soft(1 - _lung_r2(p['g'], U, V), 0.08) * _soft(_ptx_inner(p, U, V) - 1, 0.1)
-
-def fp_pleural_line(p, U, V):
-    "Thin visceral pleural line at the edge of the collapsed lung."
-    return p['amp'] * _soft(1 - _lung_r2(p['g'], U, V), 0.08) * np.clip(1 - np.abs(_ptx_inner(p, U, V) - 1) / p['w'], 0, 1)
-
-def fp_lobe(p, U, V):
-    "Lobar opacity: the lung above (upper lobe) or below (lower lobe) a fissure, sharp at the fissure."
-    g = p['g']
-    d = (p['fy'] - V) if p['upper'] else (V - p['fy'] - p['tilt'] * g.sg * (U - g.cx))
-    env = np.exp(-0.5 * ((U - p['ex']) / p['esx']) ** 2)
-    return p['amp'] * _soft(1.1 - _lung_r2(g, U, V), 0.15) * _soft(d, 0.01) * env
-
-def fp_pleural(p, U, V):
-    "Band along the chest wall inside the lung, within a vertical window."
-    g = p['g']
-    r2 = _lung_r2(g, U, V)
-    band = _soft(r2 - (1 - p['w']), 0.05) * _soft(1.12 - r2, 0.05)
-    lat = np.clip(g.sg * (U - g.cx) / g.ax + 0.3, 0, 1) if p['lateral'] else 1
-    return p['amp'] * band * lat * np.exp(-0.5 * ((V - p['y']) / p['sy']) ** 2)
-
-def fp_kerley(p, U, V):
-    "Short horizontal septal lines at the lateral lung base."
-    g = p['g']
-    t = np.clip((g.sg * (U - g.cx) / g.ax - 0.45) * 3, 0, 1)
-    lines = np.clip(np.cos(V * p['freq'] + p['ph']) * 3 - 2, 0, 1)
-    return p['amp'] * lines * t * np.exp(-0.5 * ((V - p['y']) / p['sy']) ** 2) * _soft(1 - _lung_r2(g, U, V), 0.1)
-
-def fp_hernia(p, U, V):
-    "Retrocardiac round shadow with a gas cap above a fluid level (gas attenuates less: negative)."
-    r2 = ((U - p['x']) / p['r']) ** 2 + ((V - p['y']) / p['r']) ** 2
-    gas = _soft(p['level'] - V, 0.006) * _soft(0.75 - r2, 0.3)
-    return p['amp'] * _soft(1 - r2, 0.25) - p['gas'] * gas
-
-FOOTPRINTS = dict(gauss=fp_gauss, disc=fp_disc, effusion=fp_effusion, ptx=fp_ptx, pleural_line=fp_pleural_line,
-                  lobe=fp_lobe, pleural=fp_pleural, kerley=fp_kerley, hernia=fp_hernia)
-
-# %% ../nbs/01_phantom.ipynb #0381cbe4
-def _g(layer='fill', **kw): return dict(kind='gauss', layer=layer, **kw)
-
-def gen_atelectasis(P, i, r, G):
-    g = G[P.atel_side[i]]
-    if r[2] < 0.5:                                    # plate-like band, lower zone
-        x, y = lung_point(g, _u(r[3], 0.3, 0.7), _u(r[4], 0.55, 0.85))
-        return [[_g(x=x, y=y, sx=_u(r[5], 0.04, 0.08), sy=_u(r[6], 0.006, 0.012), amp=_u(r[7], 0.3, 0.8))]]
-    if r[2] < 0.85:                                   # lower-lobe wedge at the medial base
-        x, y = lung_point(g, _u(r[3], 0.05, 0.3), _u(r[4], 0.7, 0.95))
-        return [[_g(x=x, y=y, sx=_u(r[5], 0.02, 0.04), sy=_u(r[6], 0.035, 0.06), amp=_u(r[7], 0.25, 0.65))]]
-    x, y = lung_point(g, _u(r[3], 0.1, 0.4), _u(r[4], 0.05, 0.25))    # upper-lobe collapse
-    return [[_g(x=x, y=y, sx=_u(r[5], 0.035, 0.055), sy=_u(r[6], 0.045, 0.07), amp=_u(r[7], 0.25, 0.65))]]
-
-def gen_effusion(P, i, r, G):
-    sides = [0] if r[0] < 0.4 else [1] if r[0] < 0.7 else [0, 1]
-    out = []
-    for k, s in enumerate(sides):
-        g = G[s]
-        out.append([dict(kind='effusion', layer='fill', g=g, base=g.dome + 0.06 * P.scale[i],
-                         h=r[1 + k] ** 2.2 * 0.2 + 0.005, men=_u(r[3 + k], 0.01, 0.06), grad=_u(r[5], 0.01, 0.05),
-                         amp=_u(r[6], 0.5, 1.0))])
-    return out
-
-def gen_infiltration(P, i, r, G):
-    sides = [0] if r[0] < 0.3 else [1] if r[0] < 0.55 else [0, 1]
-    out = []
-    for k, s in enumerate(sides):
-        les = []
-        for b in range(1 + int(r[1 + k] * 3)):
-            rr = P.rx[i, 15 + 15 * k + 5 * b:][:5]
-            x, y = lung_point(G[s], _u(rr[0], 0.1, 0.9), _u(rr[1], 0.25, 0.95))
-            sz = _u(rr[2], 0.02, 0.045)
-            les.append(_g(x=x, y=y, sx=sz * _u(rr[3], 0.8, 1.3), sy=sz, amp=_u(rr[4], 0.25, 0.5),
-                          tex=[('patchy', 0.6, 'mul')]))
-        out.append(les)
-    return out
-
-def gen_mass(P, i, r, G):
-    x, y = lung_point(G[int(r[0] < 0.5)], _u(r[1], 0.1, 0.85), _u(r[2], 0.1, 0.8))
-    rad, amp = _u(r[3], 0.04, 0.08) * P.scale[i], _u(r[4], 0.1, 0.28)
-    les = [dict(kind='disc', layer='solid', x=x, y=y, rx=rad * _u(r[5], 0.85, 1.15), ry=rad, amp=amp,
-                edge=_u(r[6], 0.15, 0.6))]
-    if r[7] < 0.4:                                    # lobulated contour
-        les.append(dict(kind='disc', layer='solid', x=x + _u(r[8], -0.5, 0.5) * rad, y=y + _u(r[9], -0.5, 0.5) * rad,
-                        rx=rad * 0.6, ry=rad * 0.6, amp=amp * 0.6, edge=0.5))
-    return [les]
-
-def gen_nodule(P, i, r, G):
-    out = []
-    for k in range(1 if r[0] < 0.75 else 2 + int(r[1] < 0.3)):
-        x, y = lung_point(G[int(r[2 + k] < 0.5)], _u(r[5 + k], 0.1, 0.9), _u(r[8 + k], 0.05, 0.9))
-        rad = _u(r[11 + k], 0.014, 0.034) * P.scale[i]
-        out.append([dict(kind='disc', layer='solid', x=x, y=y, rx=rad, ry=rad, amp=_u(r[14], 0.15, 0.35),
-                         edge=_u(r[15], 0.2, 0.5))])
-    return out
-
-def gen_pneumonia(P, i, r, G):
-    out = []
-    for k, s in enumerate([int(r[0] < 0.45)] if r[1] < 0.75 else [0, 1]):
-        x, y = lung_point(G[s], _u(r[2 + k], 0.2, 0.85), _u(r[4 + k], 0.35, 0.9))
-        out.append([_g(x=x, y=y, sx=_u(r[6], 0.04, 0.075), sy=_u(r[7], 0.045, 0.08), amp=_u(r[8], 0.45, 0.8),
-                       tex=[('patchy', 0.5, 'mul'), ('bronch', 0.6, 'sub')])])
-    return out
-
-def gen_pneumothorax(P, i, r, G):
-    g, d = G[int(r[0] < 0.45)], r[1] ** 1.7 * 0.06 + 0.01
-    return [[dict(kind='ptx', layer='clear', g=g, d=d, amp=1.0),
-             dict(kind='pleural_line', layer='solid', g=g, d=d, w=_u(r[2], 0.04, 0.08), amp=_u(r[3], 0.07, 0.17))]]
-
-def gen_consolidation(P, i, r, G):
-    g = G[int(r[0] < 0.4)]
-    upper = r[1] < 0.35
-    fy = g.top + (g.dome - g.top) * (_u(r[2], 0.3, 0.45) if upper else _u(r[2], 0.45, 0.65))
-    ex, _ = lung_point(g, _u(r[3], 0.2, 0.8), 0.5)
-    return [[dict(kind='lobe', layer='fill', g=g, upper=upper, fy=fy, tilt=_u(r[4], -0.3, 0.5), ex=ex,
-                  esx=_u(r[5], 0.04, 0.15), amp=_u(r[6], 0.4, 0.85), tex=[('patchy', 0.3, 'mul'), ('bronch', 0.25, 'sub')])]]
-
-def gen_edema(P, i, r, G):
-    les = []
-    for g in G:
-        hy = g.top + (g.dome - g.top) * _u(r[2], 0.4, 0.55)
-        les.append(_g(x=P.mcx[i] + g.sg * _u(r[1], 0.08, 0.12) * P.scale[i], y=hy, sx=_u(r[3], 0.05, 0.08),
-                      sy=_u(r[4], 0.08, 0.12), amp=_u(r[5], 0.15, 0.4), tex=[('patchy', 0.3, 'mul')]))
-        if r[6] < 0.7:
-            les.append(dict(kind='kerley', layer='solid', g=g, freq=_u(r[7], 110, 150), ph=r[8] * 6.28,
-                            y=g.dome - 0.04, sy=0.05, amp=_u(r[9], 0.03, 0.08)))
-    return [les]
-
-def gen_emphysema(P, i, r, G):
-    les = [dict(kind='lungs', g0=G[0], g1=G[1])]     # the box covers both lungs; the rest is in the anatomy
-    if r[8] < 0.5:                                    # a bulla
-        x, y = lung_point(G[int(r[9] < 0.5)], _u(r[10], 0.3, 0.9), _u(r[11], 0.0, 0.35))
-        rad = _u(r[12], 0.03, 0.06)
-        les.append(dict(kind='disc', layer='clear', x=x, y=y, rx=rad, ry=rad * 0.9, amp=1.0, edge=0.2))
-    return [les]
-
-def gen_fibrosis(P, i, r, G):
-    out = []
-    for s in ([0, 1] if r[0] < 0.7 else [int(r[2] < 0.5)]):
-        x, y = lung_point(G[s], _u(r[3], 0.6, 0.95), _u(r[4], 0.1, 0.45))
-        kw = dict(x=x, y=y, sx=_u(r[5], 0.05, 0.09), sy=_u(r[6], 0.08, 0.14), tex=[('reticular', 1.0, 'mul')])
-        out.append([_g(layer='solid', amp=_u(r[7], 0.15, 0.3), **kw), _g(layer='fill', amp=_u(r[8], 0.1, 0.3), **kw)])
-    return out
-
-def gen_pleural_thickening(P, i, r, G):
-    g, lateral = G[int(r[0] < 0.5)], r[1] < 0.6
-    y = lung_point(g, 0.9, _u(r[2], 0.3, 0.75) if lateral else _u(r[2], 0.0, 0.08))[1]
-    kw = dict(kind='pleural', g=g, w=_u(r[3], 0.1, 0.25), lateral=lateral, y=y, sy=_u(r[4], 0.05, 0.11))
-    return [[dict(layer='fill', amp=_u(r[5], 0.8, 1.0), **kw), dict(layer='solid', amp=_u(r[6], 0.08, 0.15), **kw)]]
-
-def gen_hernia(P, i, r, G):
-    rad = _u(r[0], 0.07, 0.11) * P.scale[i]
-    x, y = P.mcx[i] + _u(r[1], 0.0, 0.05), P.dome_l[i] - _u(r[2], 0.2, 0.7) * rad
-    return [[dict(kind='hernia', layer='solid', x=x, y=y, r=rad, level=y + _u(r[3], -0.3, 0.3) * rad,
-                  amp=_u(r[4], 0.12, 0.22), gas=_u(r[5], 0.45, 0.65))]]
-
-def gen_cardiomegaly(P, i, r, G):
-    return [[dict(kind='heart')]]                     # drawn by the anatomy (wide heart); the box is the heart
-
-GENERATORS = dict(zip(NIH14, [gen_atelectasis, gen_cardiomegaly, gen_effusion, gen_infiltration, gen_mass,
-                              gen_nodule, gen_pneumonia, gen_pneumothorax, gen_consolidation, gen_edema,
-                              gen_emphysema, gen_fibrosis, gen_pleural_thickening, gen_hernia]))
-
-def gen_lookalikes(P, i, G):
-    "Normal structures that mimic findings: hilar vessels, vessels seen end-on."
-    rr = P.rx[i, :15].reshape(3, 5)
-    out = []
-    for g in G:                                       # hilar vessels: perihilar density in every film
-        out.append(_g(x=P.mcx[i] + g.sg * 0.09 * P.scale[i], y=g.top + 0.45 * (g.dome - g.top), sx=0.03, sy=0.05,
-                      amp=P.hilum[i], tex=[('patchy', 0.4, 'mul')]))
-    for k in range(int(P.ri[i, 12] * 3)):
-        x, y = lung_point(G[int(rr[k, 0] < 0.5)], _u(rr[k, 1], 0.05, 0.5), _u(rr[k, 2], 0.2, 0.8))
-        rad = _u(rr[k, 3], 0.008, 0.014)
-        out.append(dict(kind='disc', layer='solid', x=x, y=y, rx=rad, ry=rad, amp=_u(rr[k, 4], 0.08, 0.2), edge=0.4))
-    return out
-
-# %% ../nbs/01_phantom.ipynb #b2f60076
-_BOXGRID = (np.arange(64) + 0.5) / 64
-
-def _box(p, P, i):
-    k = p['kind']
-    if k == 'gauss': return p['x'] - 1.5 * p['sx'], p['y'] - 1.5 * p['sy'], p['x'] + 1.5 * p['sx'], p['y'] + 1.5 * p['sy']
-    if k == 'disc': return p['x'] - p['rx'], p['y'] - p['ry'], p['x'] + p['rx'], p['y'] + p['ry']
-    if k == 'hernia': return p['x'] - p['r'], p['y'] - p['r'], p['x'] + p['r'], p['y'] + p['r']
-    if k == 'heart': return P.hx[i] - P.hw[i], P.hcy[i] - P.hh[i], P.hx[i] + P.hw[i], min(P.hcy[i] + P.hh[i], P.dome_l[i] + 0.02)
-    if k == 'lungs': return p['g0'].cx - p['g0'].ax, p['g0'].top, p['g1'].cx + p['g1'].ax, max(p['g0'].dome, p['g1'].dome) + 0.04
-    U, V = _BOXGRID[None, :], _BOXGRID[:, None]
-    f = np.abs(FOOTPRINTS[k](p, U, V)) * lung_mask(p['g'], U, V)
-    if not f.max() > 0: return None
-    m = f > 0.3 * f.max()
-    cols, rows = np.where(m.any(0))[0], np.where(m.any(1))[0]
-    return cols[0] / 64, rows[0] / 64, (cols[-1] + 1) / 64, (rows[-1] + 1) / 64
-
-def build_scene(meta:pd.DataFrame, seed:int=0):
-    "Scene parameters, the drawing primitives of every image and the boxes frame (all size independent)."
-    P = scene_params(meta, seed)
-    prims, boxes = [[] for _ in range(P.n)], []
-    for i in range(P.n):
-        G = (lung_geom(P, i, 0), lung_geom(P, i, 1))
-        prims[i] += gen_lookalikes(P, i, G)
-        for j in np.where(P.Y[i])[0]:
-            for les in GENERATORS[NIH14[j]](P, i, P.rl[i, j], G):
-                prims[i] += [p for p in les if p['kind'] in FOOTPRINTS]
-                bb = [b for b in (_box(p, P, i) for p in les) if b is not None]
-                if bb: boxes.append((i, NIH14[j]) + tuple(min(max(float(v), 0.0), 1.0) for v in
-                                   (min(b[0] for b in bb), min(b[1] for b in bb), max(b[2] for b in bb), max(b[3] for b in bb))))
-    return P, prims, pd.DataFrame(boxes, columns=['image', 'label', 'x0', 'y0', 'x1', 'y1'])
-
-# %% ../nbs/01_phantom.ipynb #988bacdd
-def _col(a, idx): return a[idx].astype(F32)[:, None, None]
-
-def render(P:NS, prims:list, idx, size:int, seed:int=0) -> np.ndarray:
-    "`uint8` images [len(idx), size, size] of the images `idx` of a scene."
-    idx = np.asarray(idx)
-    B, bank = len(idx), texture_bank(size)
-    x = (np.arange(size, dtype=F32) + 0.5) / size
-    U, V = x[None, None, :], x[None, :, None]
-    c = lambda a: _col(a, idx)
-    cx, mcx, s, ltop = c(P.cx), c(P.mcx), c(P.scale), c(P.ltop)
-    w = np.abs(U - cx)                                            # distance from the midline
-    # body: chest wall, shoulders
-    body = np.maximum(_soft(c(P.tw) * (1 + 0.15 * (V - ltop)) - w, 0.02),
-                      _soft(1 - ((U - cx) / (0.6 * s)) ** 2 - ((V - ltop + 0.02) / (0.17 * s)) ** 2, 0.3))
-    # lungs: wider at the base, cut by the diaphragm domes
-    lung = np.zeros((B, size, size), F32)
-    for sg, dome in ((-1, c(P.dome_r)), (1, c(P.dome_l))):
-        lcx, bot = cx + sg * c(P.lx), dome + 0.2 * s
-        e = _soft(1 - _shape_r2(U - lcx, V - (ltop + bot) / 2, c(P.la), (bot - ltop) / 2), 0.12)
-        lung = np.maximum(lung, e * _soft(dome + c(P.dk) * (U - lcx + sg * 0.02) ** 2 - V, 0.012))
-    # heart, mediastinum, aortic knob, trachea
-    heart = _soft(1 - ((U - c(P.hx)) / c(P.hw)) ** 2 - ((V - c(P.hcy)) / c(P.hh)) ** 2, 0.15)
-    med = _soft((0.045 + 0.06 * (V - ltop)) * s - np.abs(U - mcx), 0.01)
-    knob = _soft(1 - ((U - mcx - 0.05 * s) / (0.035 * s)) ** 2 - ((V - ltop - 0.14 * s) / (0.03 * s)) ** 2, 0.3)
-    lung *= 1 - np.maximum(np.maximum(heart, med), knob)
-    trach = _soft(0.012 * s - np.abs(U - mcx), 0.006) * _soft(ltop + 0.16 * s - V, 0.02)
-    # bones: spine, ribs, clavicles, scapulae (AP only)
-    spine = _soft(0.032 * s - w, 0.008) * (0.75 + 0.25 * np.cos(V * (2 * np.pi * 13)))
-    ph = (V - ltop + 0.35 * w - 1.6 * w * w) * (c(P.rib_n) / (0.62 * s)) + c(P.rib_ph)
-    ribs = np.clip(np.cos(ph * (2 * np.pi)) * 2.5 - 1.2, 0, 1) * _soft(c(P.lx) + c(P.la) + 0.01 - w, 0.02)
-    ribs *= _soft(c(P.dome_l) + 0.05 - V, 0.03) * _soft(V - ltop + 0.03, 0.03)
-    ap = c(P.ap)
-    cy0, slope = ltop + (0.06 - 0.03 * ap) * s, 0.25 - 0.18 * ap
-    clav = (_soft(0.011 * s - np.abs(V - cy0 + slope * (w - 0.05)), 0.008) * _soft(w - 0.03 * s, 0.01)
-            * _soft(0.3 * s - w, 0.02))
-    scap = ap * _soft(w - (0.28 - 0.15 * (V - ltop)) * s, 0.01) * _soft(ltop + 0.35 * s - V, 0.05)
-    # findings and look-alikes on their layers
-    Fl = np.zeros((B, size, size), F32); S = np.zeros_like(Fl); C = np.zeros_like(Fl)
-    for b, i in enumerate(idx):
-        for p in prims[i]:
-            v = FOOTPRINTS[p['kind']](p, U[0], V[0]).astype(F32)
-            for name, mix, mode in p.get('tex', ()):
-                t = getattr(bank, name)[(P.tex[i] + _TEX_OFFSET[name]) % NBANK]
-                v = v * ((1 - mix) + mix * t) if mode == 'mul' else v * (1 - mix * t)
-            if p['layer'] == 'clear': np.maximum(C[b], v, out=C[b])
-            else: (Fl if p['layer'] == 'fill' else S)[b] += v
-    Fl, C = np.clip(Fl, 0, 1), np.clip(C, 0, 1)
-    # attenuation
-    A = 0.45 * body + 0.08 * heart + 0.06 * knob - 0.12 * trach + 0.16 * spine + 0.07 * ribs * body + 0.1 * clav + 0.05 * scap
-    A -= lung * (c(P.air) * (1 - Fl) + 0.05 * C)
-    A += lung * (1 - Fl) * (1 - C) * bank.marks[P.tex[idx]] * (0.09 * c(P.mark_w)) + S
-    gb = c(P.bubble) + 1e-3                                        # gastric bubble
-    A -= 0.25 * (gb > 2e-3) * _soft(1 - ((U - mcx - 0.15 * s) / gb) ** 2 - ((V - c(P.dome_l) - 0.06 * s) / (0.8 * gb)) ** 2, 0.3)
-    br = c(P.breast)
-    for sg in (-1, 1):
-        A += br * 0.06 * _soft(1 - ((U - cx - sg * 0.2 * s) / (0.16 * s)) ** 2 - ((V - c(P.dome_r) + 0.04 * s) / (0.12 * s)) ** 2, 0.4)
-    # acquisition: window, gamma, quantum noise
-    I = np.clip(A * (1.3 * c(P.contrast)) + c(P.bright) + 0.12, 1e-3, 1) ** c(P.gamma)
-    noise = np.stack([np.random.default_rng([seed, 5, int(i)]).random((size, size), dtype=F32) for i in idx])
-    I += (noise - 0.5) * (c(P.noise) * 3.46)
-    return (np.clip(I, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-# %% ../nbs/01_phantom.ipynb #1fbce173
-def simulate_gaze(P:NS, boxes:pd.DataFrame, images, seed:int=0):
-    "Fixations (frame: image, x, y, duration) and heat maps [len(images), GAZE_SIZE, GAZE_SIZE] (float32, max 1)."
-    g = (np.arange(GAZE_SIZE) + 0.5) / GAZE_SIZE
-    by_image = {i: b for i, b in boxes.groupby('image')}
-    fix, maps = [], np.zeros((len(images), GAZE_SIZE, GAZE_SIZE), F32)
-    for k, i in enumerate(images):
-        rng = np.random.default_rng([seed, 6, int(i)])
-        G = (lung_geom(P, i, 0), lung_geom(P, i, 1))
-        pts = []
-        b = by_image.get(i)
-        if b is not None:
-            for _, r in b.iterrows():
-                m = rng.integers(4, 9)
-                pts += list(zip(rng.normal((r.x0 + r.x1) / 2, (r.x1 - r.x0) / 4 + 0.01, m),
-                                rng.normal((r.y0 + r.y1) / 2, (r.y1 - r.y0) / 4 + 0.01, m)))
-        for _ in range(rng.integers(3, 7) if b is not None else rng.integers(10, 18)):
-            if rng.random() < 0.15 and b is not None: pts.append((P.hx[i] + rng.normal(0, 0.03), P.hcy[i] + rng.normal(0, 0.03)))
-            else: pts.append(lung_point(G[rng.integers(2)], rng.random(), rng.random()))
-        xy = np.clip(np.array(pts, float), 0, 1)
-        dur = rng.gamma(2.0, 0.15, len(xy))
-        gx = np.exp(-0.5 * ((g[None, :] - xy[:, :1]) / 0.04) ** 2)
-        gy = np.exp(-0.5 * ((g[None, :] - xy[:, 1:]) / 0.04) ** 2)
-        h = (gy * dur[:, None]).T @ gx
-        maps[k] = h / h.max()
-        fix += [(int(i), float(x), float(y), float(d)) for (x, y), d in zip(xy, dur)]
-    return pd.DataFrame(fix, columns=['image', 'x', 'y', 'duration']), maps
-
 # %% ../nbs/01_phantom.ipynb #d272aa9b
 class PhantomCacheError(ValueError):
     "A phantom cache file that is truncated, stale or inconsistent; the message names the file."
 
-def default_cache_dir() -> Path:
-    "`$CXR_NOISY_LT_CACHE`, or `~/.cache/cxr_noisy_lt`."
-    return Path(os.environ.get('CXR_NOISY_LT_CACHE') or Path.home() / '.cache' / 'cxr_noisy_lt')
+_all_ = ['default_cache_dir']          # where caches live (`cxr_noisy_lt.files`), importable from here too
 
 def _params(n, size, seed, gaze_frac, splits):
     return dict(version=PHANTOM_VERSION, n=int(n), size=int(size), seed=int(seed), gaze_frac=float(gaze_frac),
@@ -560,14 +95,6 @@ def _crc(path, chunk=1 << 24):
         while b := f.read(chunk): c = zlib.crc32(b, c)
     return c
 
-def _write_atomic(path:Path, write):
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
 _CODE = ('_nih_metadata', 'sample_nih', 'phantom_split', 'phantom_frame', '_u', '_soft', '_fourier', 'texture_bank',
          'scene_params', 'lung_geom', 'lung_point', '_shape_r2', '_lung_r2', 'lung_mask', *[f.__name__ for f in FOOTPRINTS.values()],
          '_ptx_inner', '_g', *[f.__name__ for f in GENERATORS.values()], 'gen_lookalikes', '_box', 'build_scene', '_col',
@@ -577,10 +104,10 @@ _CODE = ('_nih_metadata', 'sample_nih', 'phantom_split', 'phantom_frame', '_u', 
 def code_fingerprint() -> str:
     "CRC-32 of the source of everything that draws the phantom: a cache drawn by other code is stale."
     import inspect
-    g = globals()
+    g = {**vars(phantom_draw), **globals()}
     try: src = ''.join(inspect.getsource(g[k]) for k in _CODE)
     except (OSError, TypeError, KeyError): return 'unknown'
-    consts = repr((PHANTOM_VERSION, GAZE_SIZE, NBANK, sorted(_TEX_OFFSET.items()), len(_BOXGRID)))
+    consts = repr((PHANTOM_VERSION, GAZE_SIZE, NBANK, sorted(g['_TEX_OFFSET'].items()), len(g['_BOXGRID'])))
     return f"{zlib.crc32((src + consts).encode()):08x}"
 
 def check_cache(stem, params:dict=None, verify:bool=False) -> dict:
@@ -608,6 +135,15 @@ def check_cache(stem, params:dict=None, verify:bool=False) -> dict:
     return h
 
 # %% ../nbs/01_phantom.ipynb #1a7b7510
+def _wrap(words, width:float, fontsize:float) -> str:
+    "`words` joined by spaces into lines at most `width` points wide at `fontsize` (a longer word gets a line of its own)."
+    from matplotlib.textpath import TextPath
+    lines = []
+    for w in words:
+        if lines and TextPath((0, 0), lines[-1] + ' ' + w, size=fontsize).get_extents().width <= width: lines[-1] += ' ' + w
+        else: lines.append(w)
+    return '\n'.join(lines)
+
 class Phantom:
     "A phantom benchmark: labels `frame`, `images` [N, size, size] uint8, `boxes`, `gaze` maps and `fixations`."
     def __init__(self, frame, images, boxes, gaze, fixations, size, seed, params, path=None):
@@ -616,46 +152,44 @@ class Phantom:
         self.classes = label_space('nih14')
     def __len__(self): return len(self.frame)
     def __repr__(self):
-        return (f"Phantom(n={len(self)}, size={self.size}, seed={self.seed}, boxes={len(self.boxes)}, "
-                f"gaze={len(self.gaze)}, path={str(self.path) if self.path else None})")
+        sp = ' / '.join(f"{k} {v:,}" for k, v in self.split_sizes().items())
+        return (f"Phantom(n={len(self):,}, size={self.size}, seed={self.seed}; {sp}; boxes={len(self.boxes):,}, "
+                f"gaze={len(self.gaze):,}, path={str(self.path) if self.path else None})")
+
+    def split_sizes(self) -> dict:
+        "Images per split, {'train': ..., 'valid': ..., 'test': ...}: splits are drawn by patient, so near `splits` of n, rarely equal."
+        vc = self.frame['split'].value_counts()
+        return {s: int(vc.get(s, 0)) for s in ('train', 'valid', 'test')}
 
     def labels(self, i:int) -> list:
         "Positive classes of image `i`."
         return [c for c in self.classes if self.frame.at[i, c] == 1]
 
-    def show(self, idxs=None, n:int=8, ncols:int=4, boxes:bool=True, gaze:bool=False, figsize=None, seed=0):
-        "Images `idxs` (or `n` random ones) with their labels, boxes (named in full) and, if `gaze`, the gaze map."
+    def show(self, idxs=None, n:int=8, ncols:int=4, boxes:bool=True, gaze:bool=False, figsize=None, seed=0,
+             fontsize:float=10):
+        "Images `idxs` (or `n` random ones) titled with their labels, with their boxes (each named in full) and, if `gaze`, the gaze map."
         if idxs is None: idxs = np.sort(np.random.default_rng(seed).choice(len(self), min(n, len(self)), replace=False))
-        idxs = list(np.atleast_1d(idxs))
+        idxs = [int(i) for i in np.atleast_1d(idxs)]
+        ncols = max(1, min(ncols, len(idxs)))
         nrows = -(-len(idxs) // ncols)
-        fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (2.2 * ncols, 2.4 * nrows), squeeze=False)
+        w = figsize[0] / ncols if figsize else 2.3                  # inches per panel
+        titles = [_wrap([f"{i} {self.frame.at[i, 'view']}:"] + [l + ',' for l in self.labels(i)[:-1]] + self.labels(i)[-1:]
+                        if self.labels(i) else [f"{i} {self.frame.at[i, 'view']}:", NO_FINDING], 0.9 * 72 * w, fontsize)
+                  for i in idxs]
+        lines = [max(t.count('\n') + 1 for t in titles[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
+        fig, axs = plt.subplots(nrows, ncols, squeeze=False,
+                                figsize=figsize or (w * ncols, sum(w + 0.15 + k * fontsize * 1.3 / 72 for k in lines)))
         for ax in axs.flat: ax.axis('off')
-        names = []
-        for ax, i in zip(axs.flat, idxs):
+        for ax, i, t in zip(axs.flat, idxs, titles):
             ax.imshow(self.images[i], cmap='gray', vmin=0, vmax=255)
             if gaze and self.frame.at[i, 'gaze'] >= 0:
                 ax.imshow(self.gaze[self.frame.at[i, 'gaze']], cmap='inferno', alpha=0.45,
                           extent=(-0.5, self.size - 0.5, self.size - 0.5, -0.5))
-            if boxes:
-                for b in self.boxes[self.boxes['image'] == i].itertuples():
-                    x0, y0, x1 = b.x0 * self.size - 0.5, b.y0 * self.size - 0.5, b.x1 * self.size - 0.5
-                    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, (b.y1 - b.y0) * self.size, fill=False, ec='r', lw=1.2))
-                    above = b.y0 > .12                  # the name on the box's top edge, or under it near the image's top
-                    names.append((ax, x1 if b.x0 > .5 else x0, y0 if above else y0 + (b.y1 - b.y0) * self.size, b.label,
-                                  b.x0 > .5, above))
-            ax.set_title(f"{i} {self.frame.at[i, 'view']}: " + (', '.join(self.labels(i)) or NO_FINDING), fontsize=6.5)
-        plt.tight_layout()
-        rend, placed = fig.canvas.get_renderer(), {}
-        for ax, x, y, name, right, above in names:   # each box's name at a corner, moved off the names already there
-            t = ax.text(x, y, name, ha='right' if right else 'left', va='bottom' if above else 'top', color='white',
-                        fontsize=8, clip_on=True, bbox=dict(boxstyle='square,pad=0.1', fc='black', ec='none', alpha=.65))
-            for _ in range(8):
-                bb = t.get_window_extent(rend).expanded(1.05, 1.2)
-                hit = next((p for p in placed.get(ax, []) if bb.overlaps(p)), None)
-                if hit is None: break
-                px, py = ax.transData.transform(t.get_position())
-                t.set_y(ax.transData.inverted().transform((px, py + (hit.y1 - bb.y0 + 1 if above else hit.y0 - bb.y1 - 1)))[1])
-            placed.setdefault(ax, []).append(t.get_window_extent(rend).expanded(1.05, 1.2))
+            if boxes: draw_boxes(ax, self.boxes[self.boxes['image'] == i], self.size, color='r', lw=1.2)
+            ax.set_title(t, fontsize=fontsize)
+        fig.tight_layout(pad=0.3, h_pad=0.4, w_pad=0.4)
+        if boxes:                                                   # names placed once the layout is final
+            for ax, i in zip(axs.flat, idxs): name_boxes(ax, self.boxes[self.boxes['image'] == i], self.size, fontsize=fontsize)
         return axs
 
 # %% ../nbs/01_phantom.ipynb #83393b85
@@ -736,7 +270,7 @@ def make_phantom(n:int=12000, size:int=64, seed:int=0, gaze_frac:float=0.1, cach
     files = {}
     def put(name, suffix, write):
         path = _file(stem, suffix)
-        _write_atomic(path, write)
+        atomic_write(path, write)
         files[name] = dict(name=path.name, bytes=path.stat().st_size, crc32=_crc(path))
     box = {}
     def write_images(tmp):
@@ -753,7 +287,7 @@ def make_phantom(n:int=12000, size:int=64, seed:int=0, gaze_frac:float=0.1, cach
     put('gaze', _SIDE['gaze'], np_save(gaze))
     h = dict(p, code=code_fingerprint(), shape=[n, size, size], dtype='uint8', files=files,
              created=time.strftime('%Y-%m-%d %H:%M:%S'))
-    _write_atomic(_file(stem, '.json'), lambda tmp: Path(tmp).write_text(json.dumps(h, indent=1)))
+    atomic_write(_file(stem, '.json'), json.dumps(h, indent=1))
     return Phantom(*_read(stem, h), size, seed, p, _file(stem, '.npy'))
 
 # %% ../nbs/01_phantom.ipynb #c8444a15

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
-from .learner import label_mask, masked_reduce
+from .losses import label_mask, masked_reduce
 
 # %% auto #0
 __all__ = ['MaskedMultiLabelLoss', 'RobustAsymmetricLoss', 'AsymmetricLoss', 'FocalLossMultiLabel']

@@ -4,18 +4,22 @@
 
 # %% ../nbs/21_report.ipynb #fc2c47ad
 from __future__ import annotations
-import warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import matplotlib
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from .stats import compare_seeds, add_verdicts, paired_replicates, percentile_ci
 
 # %% auto #0
-__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'CLAIM_COLS', 'CLAIM_FIGURES', 'METRIC_NAMES', 'CURVE_COLS', 'SELECT_NAMES',
-           'check_results', 'selected', 'run_means', 'summarize', 'fmt_pm', 'markdown_table', 'summary_table',
-           'paired_deltas', 'delta_table', 'claims_table', 'claims_markdown', 'plot_per_class', 'noise_rate',
-           'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves', 'write_report']
+__all__ = ['RESULT_COLS', 'GROUP_COLORS', 'SELECTS', 'CLAIM_COLS', 'CLAIM_FIGURES', 'METRIC_NAMES', 'FS', 'CURVE_COLS',
+           'SELECT_NAMES', 'check_results', 'selected', 'run_means', 'summarize', 'fmt_pm', 'markdown_table',
+           'summary_table', 'paired_deltas', 'delta_table', 'claims_table', 'claims_markdown', 'paired_boot_ci',
+           'method_colors', 'group_spans', 'shade_groups', 'class_ticks', 'legend_outside', 'bars_width',
+           'plot_per_class', 'noise_rate', 'plot_noise_curve', 'plot_deltas', 'check_curves', 'plot_curves',
+           'write_report']
 
 # %% ../nbs/21_report.ipynb #8420710c
 RESULT_COLS = ['method', 'noise', 'seed', 'labels', 'class', 'group', 'n_train_pos', 'n_test_pos', 'auc', 'ap']
@@ -125,12 +129,6 @@ def _figure_mask(figure:str, groups:pd.Series) -> tuple:
     if not mask.any(): raise ValueError(f"figure {figure!r}: no class in group {g!r}")
     return metric, mask
 
-def _replicates(samples, mask) -> np.ndarray:
-    "A figure on each bootstrap replicate: the mean over the classes in `mask` that are defined on it."
-    with np.errstate(all='ignore'), warnings.catch_warnings():
-        warnings.simplefilter('ignore', RuntimeWarning)
-        return np.nanmean(np.asarray(samples, float)[:, mask], 1)
-
 def claims_table(results:pd.DataFrame, boot:dict=None, boot_ap:dict=None, reference:str='bce', pairs=None,
                  figures=CLAIM_FIGURES, selects=None, labels:str='clean', family=('reference', 'figure', 'noise', 'select')) -> pd.DataFrame:
     """The claim 'method > reference' for every pair, noise setting, selection and figure, judged on the seeds both ran
@@ -138,7 +136,6 @@ def claims_table(results:pd.DataFrame, boot:dict=None, boot_ap:dict=None, refere
     the two-level interval uses the runs' patient-bootstrap samples `boot` (AUROC) and `boot_ap` (AP), keyed
     (method, noise, seed, select) as `cxr_bench` keeps them, and falls back to the seeds alone where they are missing.
     `pairs` defaults to every method against `reference`. Columns: `CLAIM_COLS`, then sd and the patient-only interval."""
-    from cxr_noisy_lt.stats import compare_seeds, add_verdicts
     check_results(results)
     have = list(dict.fromkeys(results['method']))
     if pairs is None:
@@ -165,7 +162,7 @@ def claims_table(results:pd.DataFrame, boot:dict=None, boot_ap:dict=None, refere
                     metric, mask = _figure_mask(f, groups)
                     st = stores[metric]
                     keys = [((m, nz, s, sel), (ref, nz, s, sel)) for s in seeds]
-                    bd = (np.stack([_replicates(st[k1], mask) - _replicates(st[k2], mask) for k1, k2 in keys])
+                    bd = (paired_replicates([st[k1] for k1, _ in keys], [st[k2] for _, k2 in keys], mask)
                           if all(k1 in st and k2 in st for k1, k2 in keys) else None)
                     rows.append(dict(method=m, reference=ref, claim=f"{m} > {ref}", figure=f, noise=nz, select=sel,
                                      **compare_seeds(d, bd)))
@@ -185,57 +182,123 @@ def claims_markdown(claims:pd.DataFrame, figure:str='mAUC', select:str='best') -
     return markdown_table(t, floatfmt='+.3f')
 
 
+# %% ../nbs/21_report.ipynb #f7c3d9b2
+def paired_boot_ci(boot:dict, groups:pd.Series, baseline:str='bce', alpha:float=0.05) -> pd.DataFrame:
+    """Differences from `baseline` with patient-level bootstrap intervals: `boot` maps (method, noise, seed, select) to
+    [n_boot, C] AUROC samples, classes in the order of `groups`; each replicate's difference is averaged over the seeds
+    both methods ran."""
+    g = groups.to_numpy()
+    figs = {'mAUC': np.ones(len(g), bool), 'tail_AUC': g == 'tail', 'head_AUC': g == 'head'}
+    keys = pd.DataFrame(list(boot), columns=['method', 'noise', 'seed', 'select'])
+    rows = []
+    for (m, nz, sel), d in keys.groupby(['method', 'noise', 'select'], sort=False):
+        if m == baseline: continue
+        seeds = [s for s in d['seed'] if (baseline, nz, s, sel) in boot]
+        if not seeds: continue
+        row = dict(method=m, noise=nz, select=sel, seeds=len(seeds))
+        for f, k in figs.items():
+            if not k.any(): continue
+            diff = paired_replicates([boot[(m, nz, s, sel)] for s in seeds], [boot[(baseline, nz, s, sel)] for s in seeds], k).mean(0)
+            diff = diff[np.isfinite(diff)]
+            row[f'd_{f}'] = float(diff.mean()) if len(diff) else np.nan
+            row[f'd_{f}_lo'], row[f'd_{f}_hi'] = percentile_ci(diff, alpha)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
 # %% ../nbs/21_report.ipynb #f6c0cf53
 METRIC_NAMES = {'auc': 'AUROC', 'ap': 'AP'}
+FS = 9                                                          # the smallest font of every figure, in points
 
-def _runs(values) -> list:
-    "(value, first, last) of each run of equal consecutive `values`."
+def method_colors(methods) -> dict:
+    "One distinct colour per method, in order (tab10; tab20, its dark shades first, beyond ten methods)."
+    methods = list(dict.fromkeys(methods))
+    if len(methods) <= 10: return {m: plt.cm.tab10(j) for j, m in enumerate(methods)}
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {m: plt.cm.tab20(order[j % 20]) for j, m in enumerate(methods)}
+
+def group_spans(values) -> list:
+    "(value, first, last) of each span of equal consecutive `values`."
     out = []
     for i, v in enumerate(values):
         if out and out[-1][0] == v: out[-1][2] = i
         else: out.append([v, i, i])
     return [tuple(o) for o in out]
 
-def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc', ax=None, select:str='best'):
-    "Per-class `metric` (mean over seeds) of each method at one noise setting: one colour per method, classes by training positives, grouped head / medium / tail."
+def shade_groups(ax, groups, y:float=1.02, names:bool=True):
+    "Shade each span of equal `groups` along the x axis (positions 0, 1, ...) in its group colour and, with `names`, name it above the axes."
+    top = ax.get_xaxis_transform()
+    for g, a, b in group_spans(list(groups)):
+        col = GROUP_COLORS.get(g, 'grey')
+        ax.axvspan(a - .5, b + .5, color=col, alpha=.08, lw=0, zorder=0)
+        if names: ax.text((a + b) / 2, y, g, transform=top, ha='center', va='bottom', fontsize=FS + 1, color=col, fontweight='bold')
+
+def class_ticks(ax, info:pd.DataFrame, counts:bool=True):
+    "Class names (with training positives in brackets) as x tick labels at 0, 1, ..."
+    names = [f"{c} ({k})" if counts else str(c) for c, k in zip(info.index, info['n_train_pos'])]
+    ax.set_xticks(range(len(info)), names, rotation=35, ha='right', rotation_mode='anchor', fontsize=FS)
+    ax.set_xlim(-.5, len(info) - .5)
+
+def legend_outside(ax, handles=None, title=None, **kw):
+    "A legend to the right of `ax`, outside the data."
+    kw = dict(loc='upper left', bbox_to_anchor=(1.01, 1.), borderaxespad=0., fontsize=FS, title_fontsize=FS, frameon=False) | kw
+    return ax.legend(handles=handles, title=title, **kw) if handles is not None else ax.legend(title=title, **kw)
+
+def bars_width(n_classes:int, n_bars:int) -> float:
+    "The width in inches of a figure of per-class bars: `n_bars` bars for each of `n_classes` classes."
+    return min(14., max(7., 3. + n_classes * (.3 + .1 * n_bars)))
+
+def _as_order(v, index) -> np.ndarray:
+    return pd.Series(v).reindex(index).to_numpy(float) if isinstance(v, pd.Series) else np.asarray(v, float)
+
+def plot_per_class(results:pd.DataFrame, noise=None, labels='clean', metric='auc', ax=None, select:str='best', methods=None,
+                   colors:dict=None, intervals:dict=None, title:str=None):
+    """Per-class `metric` (mean over seeds) of each method at one noise setting: one colour per method (`colors`, default
+    `method_colors`), classes by training positives (in brackets), head / medium / tail shaded. `intervals` {method:
+    (lo, hi)}, per class (a `pd.Series` by class, or arrays in the plotted order), adds a line to each bar."""
     results = selected(check_results(results), select)
     r = results[results['labels'] == labels] if labels in set(results['labels']) else results
     noise = r['noise'].iloc[0] if noise is None else noise
     if noise not in set(r['noise']): raise ValueError(f"plot_per_class: no results for noise {noise!r}; there are {list(r['noise'].unique())}")
     r = r[r['noise'] == noise]
     name = METRIC_NAMES.get(metric, metric)
-    methods = list(dict.fromkeys(r['method']))
-    per = r.groupby(['class', 'method'], sort=False)[metric].mean().unstack('method')[methods]
+    have = list(dict.fromkeys(r['method']))
+    methods = have if methods is None else [m for m in methods if m in have]
+    if not methods: raise ValueError(f"plot_per_class: none of the methods has results at noise {noise!r}; there are {have}")
+    colors = method_colors(methods) if colors is None else colors
     info = r.drop_duplicates('class').set_index('class')[['group', 'n_train_pos', 'n_test_pos']]
-    order = info.sort_values('n_train_pos', ascending=False, kind='stable').index
-    per, info = per.loc[order], info.loc[order]
-    n, x = len(order), np.arange(len(order))
-    if ax is None: _, ax = plt.subplots(figsize=(min(11, max(6, 2.5 + n * (.25 + .06 * len(methods)))), 4))
-    w = .8 / len(methods)
+    info = info.sort_values('n_train_pos', ascending=False, kind='stable')
+    per = r.groupby(['class', 'method'], sort=False)[metric].mean().unstack('method').reindex(index=info.index, columns=methods)
+    nseeds = r.groupby('method')['seed'].nunique()
+    n, x, w = len(info), np.arange(len(info)), .8 / len(methods)
+    if ax is None: _, ax = plt.subplots(figsize=(bars_width(n, len(methods)), 4.6))
+    lows = []
     for j, m in enumerate(methods):
-        ax.bar(x + (j - (len(methods) - 1) / 2) * w, per[m].values, w, color=plt.cm.tab10(j % 10), label=m)
-    vals = per.to_numpy(dtype=float)
+        v, err = per[m].to_numpy(float), None
+        if intervals and intervals.get(m) is not None:
+            lo, hi = (_as_order(b, info.index) for b in intervals[m])
+            err = np.stack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+            lows.append(lo)
+        s = int(nseeds.get(m, 0))
+        ax.bar(x + (j - (len(methods) - 1) / 2) * w, v, w, color=colors[m], label=f"{m} ({s} seed{'s' if s != 1 else ''})",
+               yerr=err, error_kw=dict(elinewidth=.9, capsize=0, ecolor='black'))
+        lows.append(v)
+    vals = np.concatenate(lows)
     ok = np.isfinite(vals).any()
     lo = max(0., min(.5, np.nanmin(vals) - .05)) if ok else 0.
-    hi = 1. if metric == 'auc' or not ok else min(1., np.ceil((np.nanmax(vals) + .02) * 10) / 10)   # AP: up to the highest bar
-    ax.set_ylim(lo, hi); ax.set_xlim(-.5, n - .5)
-    ax.grid(axis='y', alpha=.3); ax.set_axisbelow(True)
-    for i, c in enumerate(order):                      # an empty slot says why
-        if np.isfinite(vals[i]).any(): continue
+    hi = 1. if metric == 'auc' or not ok else min(1., np.ceil((np.nanmax(per.to_numpy(float)) + .05) * 10) / 10)   # AP: up to the highest bar
+    ax.set_ylim(lo, hi)
+    if metric == 'auc' and lo < .5: ax.axhline(.5, color='dimgrey', lw=.8, ls=':')
+    ax.grid(axis='y', alpha=.3); ax.set_axisbelow(True); ax.tick_params(axis='y', labelsize=FS)
+    for i in range(n):                                 # an empty slot says why
+        if np.isfinite(per.iloc[i].to_numpy(float)).any(): continue
         why = 'no test positive' if info['n_test_pos'].iat[i] == 0 else f'no {name}'
-        ax.text(i, lo + .03 * (hi - lo), why, rotation=90, ha='center', va='bottom', fontsize=9, color='dimgrey', style='italic')
-    top = ax.get_xaxis_transform()                     # x in data, y in axes fractions
-    for g, a, b in _runs(list(info['group'])):         # each group: a bracket with its name above the axes
-        ax.plot([a - .45, b + .45], [1.04, 1.04], color='dimgrey', lw=1.2, transform=top, clip_on=False)
-        ax.text((a + b) / 2, 1.04, f' {g} ', ha='center', va='center', fontsize=9, color='dimgrey', transform=top,
-                bbox=dict(fc='white', ec='none', pad=0))
-        if a > 0: ax.axvline(a - .5, color='dimgrey', lw=.8, ls=':')
-    ax.set_xticks(x, [f"{c} ({k})" for c, k in zip(order, info['n_train_pos'])], rotation=35, ha='right',
-                  rotation_mode='anchor', fontsize=9)
-    ax.set_ylabel(f"{name}, {labels} test labels", fontsize=9); ax.tick_params(axis='y', labelsize=9)
-    ax.set_title(f"Per-class {name} (mean over seeds), noise: {noise}; in brackets: training positives", fontsize=10, pad=16)
-    ax.legend(title='method', loc='upper left', bbox_to_anchor=(1.01, 1.), borderaxespad=0., fontsize=9, title_fontsize=9,
-              frameon=False, ncol=1 if len(methods) <= 10 else 2)
+        ax.text(i, lo + .03 * (hi - lo), why, rotation=90, ha='center', va='bottom', fontsize=FS, color='dimgrey', style='italic')
+    shade_groups(ax, info['group'])
+    class_ticks(ax, info)
+    ax.set_ylabel(f"{name}, {labels} test labels", fontsize=FS + 1)
+    ax.set_title(title or f"Per-class {name} (mean over seeds), noise: {noise} ({select} epoch); in brackets: training positives",
+                 fontsize=FS + 1, pad=22)
+    legend_outside(ax, title='method', ncol=1 if len(methods) <= 10 else 2)
     return ax
 
 def noise_rate(noise:str) -> float:
@@ -293,24 +356,27 @@ def plot_curves(curves:pd.DataFrame, noise=None, methods=None, figsize=None):
     c = c[c['noise'] == noise]
     methods = list(dict.fromkeys(c['method'])) if methods is None else list(methods)
     has_fit = 'flipped_fitted' in c and c['flipped_fitted'].notna().any()
-    fig, axs = plt.subplots(1, 2 if has_fit else 1, figsize=figsize or ((10, 3.6) if has_fit else (5.5, 3.6)), squeeze=False)
-    ax = axs[0, 0]
-    for j, m in enumerate(methods):
+    fig, axs = plt.subplots(1, 2 if has_fit else 1, figsize=figsize or ((11, 3.6) if has_fit else (6.5, 3.6)), squeeze=False,
+                            layout='constrained')
+    ax, colors, handles = axs[0, 0], method_colors(methods), []
+    for m in methods:
         d = c[c['method'] == m].groupby('epoch')[[k for k in CURVE_COLS[5:] if k in c]].mean(numeric_only=True)
-        col = plt.cm.tab10(j % 10)
-        ax.plot(d.index, d['valid_clean_mAUC'], color=col, label=m)
+        col = colors[m]
+        ax.plot(d.index, d['valid_clean_mAUC'], color=col)
         ax.plot(d.index, d['valid_noisy_mAUC'], color=col, ls='--', alpha=.7)
         if has_fit:
-            axs[0, 1].plot(d.index, d['flipped_fitted'], color=col, label=f"{m}: all flipped")
-            if 'added_fitted' in d: axs[0, 1].plot(d.index, d['added_fitted'], color=col, ls=':', label=f"{m}: false positives")
-    ax.set_xlabel('epoch'); ax.set_ylabel('validation mAUC'); ax.grid(alpha=.3)
-    ax.set_title(f"noise: {noise}; solid: clean labels, dashed: noisy labels", fontsize=10)
-    ax.legend(fontsize=8, loc='lower right')
+            axs[0, 1].plot(d.index, d['flipped_fitted'], color=col)
+            if 'added_fitted' in d: axs[0, 1].plot(d.index, d['added_fitted'], color=col, ls=':')
+        handles.append(Line2D([], [], color=col, lw=2, label=m))
+    ax.set_ylabel('validation mAUC'); ax.set_title(f"noise: {noise}; solid: clean labels, dashed: noisy labels", fontsize=10)
     if has_fit:
         a = axs[0, 1]; a.axhline(.5, color='grey', lw=.8)
-        a.set_xlabel('epoch'); a.set_ylabel('share of flipped training labels fitted'); a.set_ylim(-.02, 1.02); a.grid(alpha=.3)
-        a.set_title('memorisation of the flipped labels', fontsize=10); a.legend(fontsize=7, loc='upper left')
-    fig.tight_layout()
+        a.set_ylabel('share of flipped training labels fitted'); a.set_ylim(-.02, 1.02)
+        a.set_title('memorisation of the flipped labels\nsolid: all flipped, dotted: false positives', fontsize=10)
+    for a in axs[0]:
+        a.set_xlabel('epoch'); a.grid(alpha=.3)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))           # epochs are whole numbers
+    fig.legend(handles=handles, title='method', loc='outside right upper', fontsize=8, title_fontsize=8, frameon=False)
     return fig
 
 # %% ../nbs/21_report.ipynb #2181b538
@@ -318,12 +384,11 @@ SELECT_NAMES = {'best': 'best noisy-validation epoch (what a user can select)', 
                 'clean_best': 'best clean-validation epoch (an oracle no user has)'}
 
 def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', config:dict=None, groups:pd.Series=None,
-                 curves:pd.DataFrame=None, claims:pd.DataFrame=None) -> Path:
-    "Write results.csv (and curves.csv, claims.csv), summary.md and the plots to folder `out`; returns the path of summary.md."
+                 curves:pd.DataFrame=None, claims:pd.DataFrame=None, notes=None) -> Path:
+    """Write `summary.md` (the tables, the claims, and `notes`, Markdown lines put before the first section) and the plots
+    to folder `out`; returns the path of summary.md. The data files beside them are the run folder's (`runfolder.RunFolder`)."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    check_results(results).to_csv(out / 'results.csv', index=False)
-    if curves is not None: check_curves(curves).to_csv(out / 'curves.csv', index=False)
-    if claims is not None: claims[CLAIM_COLS].to_csv(out / 'claims.csv', index=False)
+    check_results(results)
     labels = ['clean', 'noisy'] if 'clean' in set(results['labels']) else sorted(set(results['labels']))
     lines = [f"# {title}", ""]
     if 'select' in results.columns:
@@ -332,6 +397,7 @@ def write_report(results:pd.DataFrame, out, title='cxr_noisy_lt benchmark', conf
                   "the validation labels have a clean copy, those of the best clean-validation epoch (`select` = 'clean_best', "
                   "an oracle no user has).", ""]
     if config: lines += ["Configuration: " + ", ".join(f"`{k}={v}`" for k, v in config.items()), ""]
+    if notes: lines += ([notes, ""] if isinstance(notes, str) else list(notes))
     for lab in labels:
         if lab not in set(results['labels']): continue
         lines += [f"## Test labels: {lab}", "", markdown_table(summary_table(results, lab)), ""]

@@ -12,8 +12,8 @@ from scipy import stats as sps
 from scipy.optimize import brentq
 
 # %% auto #0
-__all__ = ['ALPHA', 'POWER', 'N_BOOT2', 'VERDICTS', 'sign_flip_p', 'two_level_ci', 'test_ci', 'holm', 'mde_factor', 'mde',
-           'seeds_needed', 'verdict', 'compare_seeds', 'add_verdicts']
+__all__ = ['ALPHA', 'POWER', 'N_BOOT2', 'VERDICTS', 'sign_flip_p', 'percentile_ci', 'two_level_ci', 'test_ci', 'replicate_means',
+           'paired_replicates', 'holm', 'mde_factor', 'mde', 'seeds_needed', 'verdict', 'compare_seeds', 'add_verdicts']
 
 # %% ../nbs/04a_stats.ipynb #ab310437
 ALPHA, POWER = 0.05, 0.8                       # test level and the power at which the minimum detectable effect is given
@@ -36,6 +36,14 @@ def sign_flip_p(deltas, max_exact:int=20) -> float:
 # %% ../nbs/04a_stats.ipynb #5e4cd288
 N_BOOT2 = 4000
 
+def percentile_ci(samples, alpha:float=ALPHA) -> tuple:
+    "(lo, hi): the `alpha`/2 and 1 - `alpha`/2 quantiles of the finite values of bootstrap `samples`; (NaN, NaN) if none is finite."
+    m = np.asarray(samples, dtype=float).ravel()
+    m = m[np.isfinite(m)]
+    if not len(m): return (np.nan, np.nan)
+    lo, hi = np.quantile(m, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
 def _boot_array(boot_deltas) -> np.ndarray:
     b = np.asarray(boot_deltas, dtype=float)
     if b.ndim == 1: b = b[:, None]
@@ -52,10 +60,7 @@ def two_level_ci(boot_deltas, alpha:float=ALPHA, n_boot:int=N_BOOT2, seed:int=0)
     with warnings.catch_warnings():                                   # a replicate with no defined class is NaN, and dropped
         warnings.simplefilter('ignore', RuntimeWarning)
         m = np.nanmean(b[si, ri], 1)
-    m = m[np.isfinite(m)]
-    if not len(m): return (np.nan, np.nan)
-    lo, hi = np.quantile(m, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return percentile_ci(m, alpha)
 
 def test_ci(boot_deltas, alpha:float=ALPHA) -> tuple:
     "(lo, hi): the patient-only interval of the mean over seeds (each patient resample's difference averaged over the seeds)."
@@ -63,10 +68,24 @@ def test_ci(boot_deltas, alpha:float=ALPHA) -> tuple:
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
         m = np.nanmean(b, 0)
-    m = m[np.isfinite(m)]
-    if not len(m): return (np.nan, np.nan)
-    lo, hi = np.quantile(m, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
+    return percentile_ci(m, alpha)
+
+# %% ../nbs/04a_stats.ipynb #c3d8e1a4
+def replicate_means(samples, mask=None) -> np.ndarray:
+    "A figure on each bootstrap replicate of per-class `samples` [R, C]: the mean over the classes in `mask` (default: all) defined on that replicate; NaN where none is."
+    s = np.asarray(samples, dtype=float)
+    if s.ndim != 2: raise ValueError(f"samples: expected [resamples, classes], got shape {s.shape}")
+    if mask is not None: s = s[:, np.asarray(mask, bool)]
+    with np.errstate(all='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        return np.nanmean(s, 1)
+
+def paired_replicates(a, b, mask=None) -> np.ndarray:
+    """[S, R]: for each seed s, the figure (`replicate_means` over `mask`) of run `a[s]` minus that of run `b[s]`,
+    replicate by replicate; `a` and `b` hold one [R, C] array per seed, drawn on the same patient resamples."""
+    if len(a) != len(b): raise ValueError(f"paired_replicates: {len(a)} seeds of samples against {len(b)}")
+    if not len(a): raise ValueError("paired_replicates: no seed")
+    return np.stack([replicate_means(x, mask) - replicate_means(y, mask) for x, y in zip(a, b)])
 
 # %% ../nbs/04a_stats.ipynb #529e792a
 def holm(pvals) -> np.ndarray:

@@ -15,59 +15,25 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback
 import fastai.callback.schedule  # fit_one_cycle
 from fastai.data.core import TfmdDL
-from .data import (CXRDataLoader, attach_item_index, detach_item_index, batch_index, dataset_targets,
-                               mixin_class)
-from .learner import (MaskedBCEWithLogits, ModelStateCallback, classifier_of, feature_size, HeadInput, add_to_opt,
-                                  param_device, resumed_epoch)
+from .data import (CXRDataLoader, attach_item_index, detach_item_index, batch_index, mixin_class,
+                               train_labels)
+from .losses import MaskedBCEWithLogits
+from .models import param_device
+from .train_modules import ModelStateCallback, classifier_of, feature_size, HeadInput, add_to_opt
+from .resume import resumed_epoch
 from .labels import group_classes
-from .mixup import augmented_view
+from .mixup import (augmented_view, ProjectionHead, label_overlap, pair_masks, view_pairs, check_views,
+                                embedding_pairs, multilabel_supcon_loss)
+# defined in cxr_noisy_lt.mixup with the contrastive losses, importable from here too
+_all_ = ['ProjectionHead', 'label_overlap', 'pair_masks', 'view_pairs', 'multilabel_supcon_loss']
 
 # %% auto #0
-__all__ = ['HEAD_KEY', 'METRIC_LOSSES', 'SAMPLERS', 'label_overlap', 'pair_masks', 'view_pairs', 'embedding_distances',
-           'batch_hard', 'semihard_negatives', 'multilabel_triplet_loss', 'multilabel_supcon_loss',
-           'anchor_positive_counts', 'anchor_positive_share', 'train_targets', 'tail_classes', 'get_classifier',
-           'ProjectionHead', 'MetricLearningCallback', 'remove_head', 'sample_weights', 'pos_weights',
+__all__ = ['train_targets', 'HEAD_KEY', 'METRIC_LOSSES', 'SAMPLERS', 'embedding_distances', 'batch_hard', 'semihard_negatives',
+           'multilabel_triplet_loss', 'anchor_positive_counts', 'anchor_positive_share', 'tail_classes',
+           'get_classifier', 'MetricLearningCallback', 'remove_head', 'sample_weights', 'pos_weights',
            'WeightedSampling', 'WeightedCXRDataLoader', 'balanced_dl', 'tau_normalize_weight', 'tau_normalized',
-           'RebalanceStage', 'fit_stage2', 'fit_two_stage', 'split_epochs']
-
-# %% ../nbs/14_twostage.ipynb #91199f44
-def _none_column(y:torch.Tensor) -> torch.Tensor:
-    "1 where every label is known and 0, 0 where one is 1, NaN otherwise"
-    known = ~torch.isnan(y)
-    anypos = ((y == 1) & known).any(1)
-    allneg = (known & (y == 0)).all(1)
-    return torch.where(anypos, y.new_zeros(()), torch.where(allneg, y.new_ones(()), y.new_full((), float('nan'))))
-
-def label_overlap(target:torch.Tensor, add_none:bool=True):
-    "(shared [B,B], union [B,B]): counts of positive labels shared / held by either, over classes known for both."
-    y = torch.as_tensor(target).float()
-    if y.ndim != 2: raise ValueError(f"label_overlap: targets must be [batch, classes], got shape {tuple(y.shape)}")
-    if add_none: y = torch.cat([y, _none_column(y)[:, None]], 1)
-    known = ~torch.isnan(y)
-    P, N = ((y == 1) & known).float(), ((y == 0) & known).float()
-    shared = P @ P.T
-    return shared, shared + P @ N.T + N @ P.T
-
-def pair_masks(target:torch.Tensor, add_none:bool=True):
-    "(positive [B,B] bool, negative [B,B] bool, Jaccard overlap [B,B]); the diagonal is neither."
-    shared, union = label_overlap(target, add_none)
-    eye = torch.eye(len(shared), dtype=torch.bool, device=shared.device)
-    pos = (shared > 0) & ~eye
-    neg = (shared == 0) & (union > 0) & ~eye
-    jac = torch.where(union > 0, shared / union.clamp_min(1), torch.zeros_like(shared)).masked_fill(eye, 0.)
-    return pos, neg, jac
-
-def _check_views(views):
-    if isinstance(views, bool) or not isinstance(views, int) or views < 1: raise ValueError(f"views={views!r}: use an integer >= 1")
-    return views
-
-def view_pairs(target:torch.Tensor, views:int=1, add_none:bool=True):
-    "`pair_masks` for `views` views of a batch stacked view after view ([V*B, V*B]): the views of one image are positive, weight 1."
-    pos, neg, jac = pair_masks(target, add_none)
-    if _check_views(views) == 1: return pos, neg, jac
-    n, dev = len(pos), pos.device
-    same = torch.eye(n, dtype=torch.bool, device=dev).repeat(views, views) & ~torch.eye(n * views, dtype=torch.bool, device=dev)
-    return pos.repeat(views, views) | same, neg.repeat(views, views) & ~same, jac.repeat(views, views).masked_fill(same, 1.)
+           'RebalanceStage', 'fit_stage2', 'fit_two_stage', 'split_epochs', 'ProjectionHead', 'label_overlap',
+           'pair_masks', 'view_pairs', 'multilabel_supcon_loss']
 
 # %% ../nbs/14_twostage.ipynb #a95586b7
 def embedding_distances(emb:torch.Tensor) -> torch.Tensor:
@@ -90,16 +56,11 @@ def semihard_negatives(dist:torch.Tensor, pos:torch.Tensor, neg:torch.Tensor) ->
     far = dist.masked_fill(~neg, -math.inf).argmax(1)
     return torch.where(semi.any(-1), si, far[:, None])
 
-def _check_emb(emb, target, views):
-    if len(emb) != _check_views(views) * len(target):
-        raise ValueError(f"{len(emb)} embeddings for {views} view(s) of {len(target)} images: stack the views, view after view")
-
 def multilabel_triplet_loss(emb:torch.Tensor, target:torch.Tensor, margin:float=0.2, mining:str='hard',
                             add_none:bool=True, views:int=1) -> torch.Tensor:
     "Triplet loss on L2-normalised `emb` [views*B, d]; positives share a known positive label or are views of one image; 'hard' or 'semihard' mining."
     if mining not in ('hard', 'semihard'): raise ValueError(f"mining={mining!r}: use 'hard' or 'semihard'")
-    _check_emb(emb, target, views)
-    pos, neg, _ = view_pairs(target.to(emb.device), views, add_none)
+    pos, neg, _ = embedding_pairs(emb, target, views, add_none)
     d = embedding_distances(emb)
     if mining == 'hard':
         pi, ni, ok = batch_hard(d, pos, neg)
@@ -111,30 +72,13 @@ def multilabel_triplet_loss(emb:torch.Tensor, target:torch.Tensor, margin:float=
         l = F.relu(d - d.gather(1, ni) + margin)[ok]
     return l.mean() if len(l) else emb.sum() * 0.
 
-# %% ../nbs/14_twostage.ipynb #45bb1326
-def multilabel_supcon_loss(emb:torch.Tensor, target:torch.Tensor, temperature:float=0.1, weighting:str='jaccard',
-                           add_none:bool=True, views:int=1) -> torch.Tensor:
-    "SupCon on L2-normalised `emb` [views*B, d] (views stacked view after view): the other views of an image weigh 1, other images their label overlap ('jaccard') or 1 ('binary')."
-    if weighting not in ('jaccard', 'binary'): raise ValueError(f"weighting={weighting!r}: use 'jaccard' or 'binary'")
-    _check_emb(emb, target, views)
-    pos, _, jac = view_pairs(target.to(emb.device), views, add_none)
-    w = (jac if weighting == 'jaccard' else pos.to(jac.dtype)).to(emb.dtype)
-    z = F.normalize(emb, dim=1)
-    s = z @ z.T / temperature
-    eye = torch.eye(len(s), dtype=torch.bool, device=s.device)
-    log_prob = (s - torch.logsumexp(s.masked_fill(eye, -math.inf), 1, keepdim=True)).masked_fill(eye, 0.)
-    wsum = w.sum(1)
-    ok = wsum > 0
-    if not ok.any(): return emb.sum() * 0.
-    return (-(w * log_prob).sum(1)[ok] / wsum[ok]).mean()
-
 # %% ../nbs/14_twostage.ipynb #0b4f9092
 def anchor_positive_counts(target, views:int=1):
     "(anchors [C], with a positive [C]): per class, the anchors of the batch positive for it (`views` per image) and those with another one."
     y = torch.as_tensor(target)
     if y.ndim != 2: raise ValueError(f"anchor_positive_counts: targets must be [batch, classes], got shape {tuple(y.shape)}")
     n = (y == 1).sum(0)                               # NaN is not positive
-    anchors = _check_views(views) * n
+    anchors = check_views(views) * n
     return anchors, torch.where((n > 1) | (views > 1), anchors, torch.zeros_like(anchors))
 
 def anchor_positive_share(target, classes_mask=None, views:int=1) -> torch.Tensor:
@@ -143,9 +87,7 @@ def anchor_positive_share(target, classes_mask=None, views:int=1) -> torch.Tenso
     s = torch.where(a > 0, p.double() / a.clamp_min(1), torch.full(a.shape, float('nan'), dtype=torch.float64))
     return s if classes_mask is None else s[torch.as_tensor(classes_mask)]
 
-def train_targets(dl) -> np.ndarray:
-    "Labels [N, C] (NaN = unknown) of the dataset of `dl`, read by `cxr_noisy_lt.data.dataset_targets` (no image opened where it can)."
-    return dataset_targets(dl.dataset)
+train_targets = train_labels   # `cxr_noisy_lt.data.train_labels` under this module's earlier name
 
 def tail_classes(labels, tail:float=0.02) -> np.ndarray:
     "Indices of the classes with fewer than `tail` * N positives in `labels` [N, C]: the tail of `labels.group_classes`."
@@ -160,16 +102,6 @@ HEAD_KEY = 'metric_head'   # name of the projection head inside the model
 def get_classifier(model:nn.Module, classifier=None) -> nn.Module:
     "The classifier of `model`: `classifier` (module or name), timm's `get_classifier()`, else the last `nn.Linear`; any layer type."
     return classifier_of(model, classifier, need_in_features=False, arg='classifier')
-
-# not `mixup.ProjectionHead`: this one takes (n_in, dim, hidden), may be linear (hidden=0) and L2-normalises its output
-class ProjectionHead(nn.Module):
-    "Linear-ReLU-Linear (or one Linear if `hidden=0`) to `dim`, then L2 normalisation: `embed(h)`. Identity forward, so that a model that runs its children in turn (the `nn.Sequential` of fastai's `vision_learner`) is unchanged by carrying it."
-    def __init__(self, n_in:int, dim:int=128, hidden:int=None):
-        super().__init__()
-        hidden = ifnone(hidden, n_in)
-        self.net = nn.Linear(n_in, dim) if not hidden else nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
-    def embed(self, h): return F.normalize(self.net(h.flatten(1)), dim=1)
-    def forward(self, x): return x
 
 METRIC_LOSSES = {'supcon': multilabel_supcon_loss, 'triplet': multilabel_triplet_loss}
 _DEFAULT_WEIGHT = {'supcon': 0.05, 'triplet': 0.1}
@@ -195,7 +127,7 @@ class MetricLearningCallback(ModelStateCallback):
         else: raise TypeError(f"loss must be a name or a function, got {type(loss).__name__}")
         self.weight = float(ifnone(weight, _DEFAULT_WEIGHT.get(self.loss_name, 1.0)))
         self.dim, self.hidden, self.classifier, self.loss_kwargs = dim, hidden, classifier, loss_kwargs
-        self.views = _check_views(views)
+        self.views = check_views(views)
         if not 0 < tail < 1: raise ValueError(f"tail={tail!r}: use a share of the training images, between 0 and 1")
         self.tail, self.tail_idx = float(tail), None
         self._hook, self._n, self._counts, self.last_metric = None, None, None, None
@@ -206,13 +138,9 @@ class MetricLearningCallback(ModelStateCallback):
     @classmethod
     def rebuild(cls, model:nn.Module, state_dict:dict, prefix:str='') -> list:
         "The projection head of a checkpoint (e.g. of stage 2, after stage 1) that `model` lacks, re-created from its shapes."
-        key = prefix + HEAD_KEY + '.net.'
         if model._modules.get(HEAD_KEY) is not None: return []
-        if key + 'weight' in state_dict: head = ProjectionHead(state_dict[key + 'weight'].shape[1], state_dict[key + 'weight'].shape[0], 0)
-        elif key + '0.weight' in state_dict:
-            w0, w2 = state_dict[key + '0.weight'], state_dict[key + '2.weight']
-            head = ProjectionHead(w0.shape[1], w2.shape[0], w0.shape[0])
-        else: return []
+        head = ProjectionHead.from_state_dict(state_dict, prefix + HEAD_KEY + '.')
+        if head is None: return []
         model.add_module(HEAD_KEY, head.to(param_device(model)))
         return [head]
 
@@ -228,7 +156,7 @@ class MetricLearningCallback(ModelStateCallback):
         self.attach().requires_grad_(True)
         if self._hook is not None: self._hook.remove()
         self._hook = HeadInput(get_classifier(self.learn.model, self.classifier))
-        self.tail_idx, self._counts = tail_classes(train_targets(self.learn.dls.train), self.tail), None
+        self.tail_idx, self._counts = tail_classes(train_labels(self.learn.dls.train), self.tail), None
         if self.views > 1: attach_item_index(self.learn, 'MetricLearningCallback')   # the other views are read by item index
 
     def before_batch(self):
@@ -350,7 +278,7 @@ mixin_class(WeightedSampling, TfmdDL, 'Weighted')      # `WeightedTfmdDL`, for a
 def balanced_dl(dl, sampler:str|None='rarest', t:float=0.1, seed:int=None, n:int=None):
     "A copy of the training loader `dl` (same data, batch size, augmentation; `cxr_dls`' or any fastai `DataLoader`) that samples by `sample_weights`."
     if sampler is None: return dl
-    w = sample_weights(train_targets(dl), sampler, t)
+    w = sample_weights(train_labels(dl), sampler, t)
     seed = ifnone(seed, dl.rng.getrandbits(32))
     cls = WeightedCXRDataLoader if type(dl) is CXRDataLoader else mixin_class(WeightedSampling, type(dl), 'Weighted')
     return dl.new(cls=cls, weights=w, seed=seed, n=ifnone(n, len(dl.dataset)))
@@ -417,7 +345,7 @@ class RebalanceStage(Callback):
         opt = learn.opt
         for p in ([] if resuming else clf.parameters()):   # fresh optimiser state for the classifier
             opt.state[p] = {k: v for k, v in opt.state.get(p, {}).items() if k in opt._keep_on_clear}
-        labels = train_targets(learn.dls.train)
+        labels = train_labels(learn.dls.train)
         self.weights = sample_weights(labels, self.sampler, self.t)
         if self.sampler is not None:
             self._orig_dl = learn.dls.loaders[0]

@@ -12,7 +12,7 @@ from cxr_noisy_lt.datasets import (make_example, load_nih, load_mimic, load_padc
                                    load_cache, cache_paths, cache_frame, read_xray, nvum_test_sets, CXRSource,
                                    DatasetError, ImageReadError, ImageCacheError, NIH_CSV, NIH_GOOGLE, NIH_LISTS,
                                    MIMIC_FILES, PADCHEST_CSV, NODULE_OR_MASS, PADCHEST)
-from cxr_noisy_lt import datasets_core
+from cxr_noisy_lt.datasets import core as datasets_core
 from cxr_noisy_lt.labels import CHEXPERT14, NIH14, clean_col
 from cxr_noisy_lt.metrics import metric_summary
 

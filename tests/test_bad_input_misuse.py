@@ -62,7 +62,7 @@ Determinism (see the Reproducibility section of nbs/30_bench.ipynb)
 - the same seed gives the same CPU training curve -> this file::test_cpu_training_curve_deterministic,
   cli::test_workers_match_one_process; DataLoader workers change nothing -> this file::test_loader_workers_do_not_change_batches
 """
-import json, warnings
+import json, sys, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -388,10 +388,11 @@ def test_ranks_disagree_on_lengths(toy, monkeypatch):
             seen.append(x.tolist())
             return torch.tensor(ranks, dtype=torch.long)
         return _g
-    monkeypatch.setattr(learner_mod, 'all_gather_cat', gather([[n_tr, n_va], [n_tr, n_va]]))
+    home = sys.modules[check_same_data.__module__]                             # the module whose all_gather_cat it calls
+    monkeypatch.setattr(home, 'all_gather_cat', gather([[n_tr, n_va], [n_tr, n_va]]))
     check_same_data(dls)                                                       # agreeing ranks pass
     fct.test_eq(seen, [[[n_tr, n_va]]])                                        # each rank sends its own lengths
-    monkeypatch.setattr(learner_mod, 'all_gather_cat', gather([[n_tr, n_va], [n_tr - 1, n_va]]))
+    monkeypatch.setattr(home, 'all_gather_cat', gather([[n_tr, n_va], [n_tr - 1, n_va]]))
     with pytest.raises(ValueError) as e: check_same_data(dls)
     fct.test_eq(str(e.value), f"distributed training: the ranks disagree on the dataset lengths (rank 0 has {n_tr} training and "
                               f"{n_va} validation items, rank 1 has {n_tr - 1} training and {n_va} validation items); every "

@@ -30,7 +30,7 @@ def test_tiny_grid_writes_report(tmp_path):
     assert '| bce | none |' in r.stdout          # the summary table is printed too
     # --save_probs: the test probabilities the results were computed from, read back by the results explorer
     assert sorted(p.name for p in (out / 'runs').glob('*.probs.npz')) == ['bce__none__seed0.probs.npz', 'bce__symmetric-0.3__seed0.probs.npz']
-    from cxr_noisy_lt.widgets import load_bench
+    from cxr_noisy_lt.runfolder import load_bench
     from cxr_noisy_lt.metrics import per_class_auc
     b = load_bench(out)
     assert len(b.probs) == 2 * 3                  # noise settings x (best, last, clean_best)
@@ -51,6 +51,7 @@ def test_bad_arguments_name_the_culprit(tmp_path, args, msg):
     assert r.returncode != 0 and msg in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / 'x' / 'results.csv').exists()
 
+@pytest.mark.slow
 def test_workers_match_one_process(tmp_path):
     "Two worker processes give the same numbers as one process: each run is seeded on its own."
     common = ['--methods', 'bce', '--noise', 'none,symmetric:0.3', '--seeds', '0', '--n', '300', '--size', '32',
@@ -65,6 +66,7 @@ def test_workers_match_one_process(tmp_path):
     assert len(list((tmp_path / 'two' / 'runs').glob('*.curves.csv'))) == 2
     assert json.loads((tmp_path / 'two' / 'run.json').read_text())['workers'] == 2
 
+@pytest.mark.slow
 def test_gpu_profile_code_paths_on_cpu(tmp_path):
     "The gpu profile's regime (resnet18, augmentation on the device, one-cycle, autocast asked for) runs end to end, here on the CPU."
     out = tmp_path / 'gpu'

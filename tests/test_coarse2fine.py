@@ -10,6 +10,7 @@ from cxr_noisy_lt.data import toy_cxr, cxr_dls
 from cxr_noisy_lt.learner import cxr_learner, MaskedBCEWithLogits
 from cxr_noisy_lt.labels import NIH14
 from cxr_noisy_lt import coarse2fine as c2f
+from cxr_noisy_lt import annotations
 
 torch.set_num_threads(1)
 
@@ -83,7 +84,7 @@ def test_phantom_lookup_errors(tmp_path, monkeypatch):
         a = c2f.phantom_annotations(ph.frame, size=32)
         fct.test_eq(len(a.boxes), len(ph.boxes))
     finally:
-        c2f._PHANTOMS.clear()
+        annotations._PHANTOMS.clear()
     # the seed-0 phantom is found without registration (read or built in the cache)
     ph0 = make_phantom(n=120, size=32, seed=0, cache_dir=False, progress=False)
     a0 = c2f.phantom_annotations(ph0.frame, size=32)

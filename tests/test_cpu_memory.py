@@ -36,6 +36,7 @@ def train(**env):
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
+@pytest.mark.slow
 def test_training_reuses_freed_memory():
     "The same training with glibc's defaults faults memory in on every step; with the setting, hardly at all; same loss."
     env = {k: v for k, v in os.environ.items() if k.startswith('MALLOC_') or k == 'GLIBC_TUNABLES'}
@@ -45,6 +46,7 @@ def test_training_reuses_freed_memory():
     assert on['faults'] * 10 < off['faults'], (on, off)          # a steady epoch: a tenth of the faults at most
     assert on['loss'] == off['loss']                              # where memory comes from changes no value
 
+@pytest.mark.slow
 def test_environment_settings_win():
     "A process whose environment sets glibc's allocator keeps those settings."
     assert not train(MALLOC_TRIM_THRESHOLD_='131072')['kept']

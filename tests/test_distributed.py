@@ -178,6 +178,7 @@ USER_SCRIPT = textwrap.dedent(r'''
 ''')
 
 
+@pytest.mark.slow
 def test_user_datablock_one_memory_bank(tmp_path):
     "Every training image written once per epoch (the padding duplicate not again), by its position in the dataset; one bank; the user's loader back."
     r0, r1 = _torchrun(tmp_path, USER_SCRIPT, N_TRAIN, N_VALID, EPOCHS)

@@ -18,12 +18,14 @@ def proc(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     return d
 
+@pytest.mark.slow
 def test_every_notebook_is_processed(proc):
     "Every notebook becomes a page, except those nbdev skips (a name starting with '_' or '.', e.g. tutorials/_students/)."
     nbs = sorted(Path(p) for p in _notebooks())
     done = sorted(p.relative_to(proc / '_proc') for p in (proc / '_proc').rglob('*.ipynb'))
     assert nbs and done == nbs
 
+@pytest.mark.slow
 def test_pages_convert_to_html(proc):
     from nbconvert import HTMLExporter
     import nbformat
@@ -33,6 +35,7 @@ def test_pages_convert_to_html(proc):
         assert '<html' in html and 'Traceback (most recent call last)' not in html, p
 
 
+@pytest.mark.slow
 def test_sidebar_is_kept(proc):
     "nbdev leaves the hand-written sidebar alone (custom_sidebar = True) and ships it to Quarto with the pages."
     mine = (ROOT / 'nbs' / 'sidebar.yml').read_text()
@@ -211,7 +214,8 @@ def test_test_workflow_runs_the_ci_script():
     assert {'push', 'pull_request'} <= set(wf['on']), wf['on']
     (job,) = wf['jobs'].values()
     runs = [st['run'] for st in job['steps'] if 'run' in st]
-    assert 'bash .ci/run' in runs, runs                       # .ci/run installs the README's way
+    assert 'bash .ci/run ${{ matrix.part }}' in runs, runs   # .ci/run installs the README's way
+    fct.test_eq(job['strategy']['matrix']['part'], ['', '--long 1', '--long 2'])   # README's command; the long runs
     uses = [st['uses'].split('@')[0] for st in job['steps'] if 'uses' in st]
     assert uses[0] == 'actions/checkout', uses
     fct.test_eq(str(job['env']['CI']).lower(), 'true')        # the browser test fails rather than skips
@@ -238,3 +242,14 @@ def test_deploy_workflow_builds_the_docs_from_main():
     fct.test_eq(_readme_commands()[0], QUARTO_GHP_INSTALL)   # the deploy installs the package the README's way
     fct.test_eq(s['doc_path'], '_docs')
     fct.test_eq(yaml.safe_load((ROOT / 'nbs' / 'nbdev.yml').read_text())['project']['output-dir'], '_docs')
+
+def test_ci_runs_the_long_runs_too():
+    "The README's test command skips `#| slow` cells and tests marked slow; `.ci/run --long 1|2` runs them (CI jobs of their own)."
+    ci = (ROOT / '.ci' / 'run').read_text()
+    assert 'nbdev_test --flags slow' in ci and '-m slow --slow' in ci
+    assert ci.index('nbdev_test --flags slow') < ci.index('eval "$test_cmd"')
+    r = subprocess.run(['bash', str(ROOT / '.ci' / 'run'), '--long', '3'], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and 'usage' in r.stderr, r.stderr
+    flagged = [p.name for p in (ROOT / 'nbs').rglob('*.ipynb') if '#| slow' in p.read_text(encoding='utf-8')]
+    assert {'15_minutes.ipynb', '01_phantom.ipynb'} <= set(flagged), flagged   # the tutorial's full length is a long run
+    fct.test_eq(_settings()['tst_flags'].split(), ['notest', 'slow'])

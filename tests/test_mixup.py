@@ -223,12 +223,14 @@ def findings_weight(label_mix, seed=0, steps=300, d=32, n_cls=14, sigma=1.5, n_p
     return torch.where(first, w[:, 0], w[:, 1]).mean().item()
 
 
+@pytest.mark.slow
 def test_default_attention_does_not_favour_the_member_without_findings():
     "on clean labels, the default rule must not learn to move the weight off images with findings"
     w = findings_weight(AttentionMixupCallback().label_mix)
     assert w >= 0.45, f"mean weight on the member with findings {w:.3f} < 0.45"
 
 
+@pytest.mark.slow
 def test_attention_label_mix_favours_the_member_without_findings():
     "the same check fails for targets mixed with the attention weights: the attention erases positives"
     w = findings_weight('attention')

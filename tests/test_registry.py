@@ -39,6 +39,7 @@ def run(args, cwd, pythonpath=None):
 
 CELL = re.compile(r'^\d\d:\d\d:\d\d \[(\d+)/(\d+)\] (.+?) (done in \d+ s.*|failed: .*)$', re.M)
 
+@pytest.mark.slow
 def test_module_function_in_workers_a_failing_cell_and_resume(tmp_path):
     "`my_plugin:gce` (a module in the current folder) in 2 workers; `my_plugin:broken` fails, is reported, and the rest finishes."
     (tmp_path / 'my_plugin.py').write_text(PLUGIN)
@@ -79,6 +80,7 @@ def _fake_distribution(folder):
     (info / 'entry_points.txt').write_text('[cxr_noisy_lt.methods]\ngce = cxr_gce_plugin:gce\n')
     return folder
 
+@pytest.mark.slow
 def test_entry_point_in_workers(tmp_path):
     "An installed package's entry point `gce` is listed with its distribution and runs in 2 workers; --verbose logs each epoch."
     site = _fake_distribution(tmp_path / 'site')

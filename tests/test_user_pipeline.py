@@ -23,8 +23,8 @@ from fastai.vision.core import PILImageBW
 from fastai.vision.data import ImageBlock
 from fastai.vision.learner import vision_learner
 
-from cxr_noisy_lt.datasets_core import make_example
-from cxr_noisy_lt.datasets_nih import nih_boxes, NIH_BBOX
+from cxr_noisy_lt.datasets.core import make_example
+from cxr_noisy_lt.datasets.nih import nih_boxes, NIH_BBOX
 from cxr_noisy_lt.data import with_item_index, carries_item_index, cxr_dls
 from cxr_noisy_lt.labels import NIH14, NO_FINDING
 from cxr_noisy_lt.learner import cxr_learner, MaskedBCEWithLogits

@@ -148,6 +148,22 @@ def test_results_explorer_controls_redraw(bench_dir):
     assert png(w, 'curves')[0] != u0
     assert all(len(o.outputs) for o in w.outs.values()) and plt.get_fignums() == []
 
+def test_results_explorer_keeps_choices_and_fits_rare_classes(bench_dir):
+    w = W.results_explorer(bench_dir / 'out')
+    c = w.controls
+    w.show('curves')
+    c['methods'].value = ('ral',)
+    c['select'].value = 'last'                                          # another model selection: the choice of methods stays
+    assert c['methods'].value == ('ral',)
+    assert [o for o in c['cls'].options if o[1] == 'Hernia'][0][0].endswith('training positives)')
+    b = w.bench
+    assert b.claims is not None and set(b.machines) == {p.stem.rsplit('.', 1)[0] for p in (bench_dir / 'out' / 'runs').glob('*.boot.npz')}
+    fig = W.roc_view(b, 'Hernia', NOISE)                                 # a rare class: precision on a log axis, off the floor
+    assert fig.axes[1].get_yscale() == 'log' and fig.axes[1].get_ylim()[0] > 0
+    assert 'test positives' in fig.get_suptitle() and 'training positives' in fig.get_suptitle()
+    ticks = W.plot_learning_curves(b, NOISE).axes[0].get_xticks()
+    assert all(float(t).is_integer() for t in ticks)                    # whole epochs
+
 def test_results_explorer_says_what_is_missing():
     g = W.results_explorer(GRID)
     g.controls['noise'].value = 'nih-like:0.4'
@@ -228,12 +244,16 @@ def test_gradcam_explorer_controls_redraw(cam, phantom):
     for name, value in [('image', 3), ('cls', 'Effusion'), ('method', 'eigencam')]:
         c[name].value = value
         seen.append(png(g, 'image')[0])
+    g.number.value = 5                                                  # the number box beside the slider
+    assert c['image'].value == 5
+    seen.append(png(g, 'image')[0])
     assert len(set(seen)) == len(seen)
     g.show('gallery')
     shots = [png(g, 'gallery')[0]]
     flipped = W.image_subset(rows, 'with a flipped label', list(NIH14))
     c['subset'].value = 'with a flipped label'
     assert c['page'].max == -(-len(flipped) // 8) - 1 and c['page'].max >= 1
+    assert c['g_cls'].value == W.FLIPPED                                 # each tile under its flipped class
     shots.append(png(g, 'gallery')[0])
     c['page'].value = 1
     shots.append(png(g, 'gallery')[0])
@@ -263,7 +283,8 @@ def test_gradcam_figures_are_readable(cam, phantom):
     assert [a.get_title().split(',')[0] for a in fig.axes[1:4]] == ['GradCAM', 'GradCAMPlusPlus', 'EigenCAM']
     assert len(fig.axes[0].collections) > 0                             # the gaze contours
     fig = W.gradcam_view(learn, dl, i, W.LABELLED, 'gradcam', 'layer3', phantom.boxes, phantom.gaze)
-    readable(fig)
+    words = readable(fig)
+    assert 'cells' in fig.get_suptitle() and any('gaze' in t for t in words)     # the maps' resolution; a legend for the gaze
     noisy, clean = W.frame_labels(rows.iloc[[i]], list(NIH14))
     clean = noisy[0].copy(); clean[[2, 5]] = 1 - clean[[2, 5]]          # two flipped labels
     ax = W.plot_image_probs(np.linspace(0, 1, 14), noisy[0], clean, list(NIH14))
