@@ -244,8 +244,9 @@ def legend_outside(ax, handles=None, title=None, **kw):
     return ax.legend(handles=handles, title=title, **kw) if handles is not None else ax.legend(title=title, **kw)
 
 def bars_width(n_classes:int, n_bars:int) -> float:
-    "The width in inches of a figure of per-class bars: `n_bars` bars for each of `n_classes` classes."
-    return min(14., max(7., 3. + n_classes * (.3 + .1 * n_bars)))
+    """The width in inches of a figure of per-class bars: `n_bars` bars for each of `n_classes` classes; at most 8 in, so
+    that an explorer's output (about 900 px) shows it unscaled and its smallest text (`FS` points) at 11 px or more."""
+    return min(8., max(7., 3. + n_classes * (.3 + .1 * n_bars)))
 
 def _as_order(v, index) -> np.ndarray:
     return pd.Series(v).reindex(index).to_numpy(float) if isinstance(v, pd.Series) else np.asarray(v, float)
