@@ -17,7 +17,7 @@ from fastai.callback.core import Callback
 from .labels import label_space, clean_col
 from .metrics import per_class_auc, per_class_ap, macro, bootstrap_ci
 from .methods import Method
-import cxr_noisy_lt.recipes  # registers the package's own methods
+from . import recipes  # noqa: F401 (registers the package's own methods)
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'NOISE_MODELS', 'N_BOOT', 'Regime', 'parse_noise', 'noisy_frame', 'fitted_shares', 'EpochRecorder',
